@@ -1,1 +1,1 @@
-
+"""Training on megatron-core: DDP, megatron optimizer, pipeline schedules, dist checkpoints."""

@@ -1,0 +1,5 @@
+import sys
+
+from megatron_cod.training.cli import main
+
+sys.exit(main())
