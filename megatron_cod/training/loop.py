@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.distributed as dist
+import yaml
 from megatron.core import parallel_state as ps
 
 from megatron_cod import platform
@@ -110,7 +109,7 @@ def pretrain(cfg: Any, config_yaml: str | None = None) -> TrainingOutcome:
     try:
         cfg.parallel.validate_world_size(ctx.world_size)
         _check_save_dir(cfg)
-        config_yaml = config_yaml if config_yaml is not None else cfg.to_yaml_string()
+        config_yaml = config_yaml if config_yaml is not None else yaml.safe_dump(cfg.to_dict(), sort_keys=False)
         data = prepare_data(cfg)
         trainer = Trainer(cfg, ctx, data)
         if cfg.checkpoint.load:
