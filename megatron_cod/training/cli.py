@@ -13,11 +13,7 @@ def _is_logging_rank() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = load_config(argv)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(argv)
     from megatron_cod.training.loop import pretrain
 
     try:

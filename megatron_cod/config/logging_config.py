@@ -1,0 +1,28 @@
+"""Logging section: run-directory root and experiment-tracking sinks (MLflow, W&B, JSONL journal)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron_cod.config.errors import ConfigError
+from megatron_cod.config.fields import option, validate_fields
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    output_dir: str = option("runs", help="root directory for run directories")
+    mlflow: bool = option(True, help="log to MLflow")
+    mlflow_experiment: str = option("megatron_cod", help="MLflow experiment name")
+    mlflow_run_name: str | None = option(None, help="MLflow run name (None: the run directory name)")
+    mlflow_tracking_uri: str | None = option(
+        None, help="MLflow store (MLFLOW_TRACKING_URI wins; None: sqlite ./mlflow.db)"
+    )
+    wandb_project: str | None = option(None, help="W&B project (None: no W&B logging)")
+    wandb_mode: str = option("offline", help="W&B mode", choices=("online", "offline", "disabled"))
+    journal: bool = option(True, help="write <run_dir>/metrics.jsonl")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        for name in ("output_dir", "mlflow_experiment"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"{name.replace('_', '-')} must not be empty")

@@ -1,0 +1,28 @@
+"""Training-loop section: iterations, batch sizes, seed, evaluation and logging cadence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron_cod.config.errors import ConfigError
+from megatron_cod.config.fields import NON_NEGATIVE, POSITIVE, option, validate_fields
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    train_iters: int = option(200, help="optimizer steps", bound=POSITIVE)
+    micro_batch_size: int = option(4, help="sequences per forward pass per data-parallel rank", bound=POSITIVE)
+    global_batch_size: int = option(8, help="sequences per optimizer step", bound=POSITIVE)
+    seed: int = option(1234, help="random seed", bound=NON_NEGATIVE)
+    eval_interval: int = option(50, help="evaluate every N iterations", bound=POSITIVE)
+    eval_iters: int = option(10, help="validation batches per evaluation (0: no evaluation)", bound=NON_NEGATIVE)
+    log_interval: int = option(1, help="log training metrics every N iterations", bound=POSITIVE)
+    exit_signal_handler: bool = option(True, help="on SIGTERM, save a checkpoint and exit cleanly")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        if self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"global-batch-size ({self.global_batch_size}) must be divisible by "
+                f"micro-batch-size ({self.micro_batch_size})"
+            )
