@@ -84,6 +84,8 @@ class ExperimentConfig:
 
     def _check_schedule(self) -> None:
         o, t = self.optim, self.train
+        if t.train_iters == 0:
+            return
         if o.lr_warmup_iters >= t.train_iters:
             raise ConfigError(
                 f"lr-warmup-iters ({o.lr_warmup_iters}) must be smaller than train-iters ({t.train_iters})"

@@ -6,15 +6,9 @@ the CPU layer in ``cpu_compat`` (installed only then).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
-
-# megatron announces its fallbacks at import on every CPU process; they are expected here.
-for _msg in ("Transformer Engine and Apex are not installed", "Apex is not installed",
-             "full scope is deprecated"):
-    warnings.filterwarnings("ignore", message=_msg)
 
 from megatron_cod.platform.cpu_compat import (
     cpu_compat_active,
@@ -88,13 +82,13 @@ def initialize(tensor_model_parallel_size: int = 1, pipeline_model_parallel_size
     )
 
 
-def teardown() -> None:
-    """Destroy megatron's groups and the process group (idempotent)."""
+def teardown(barrier: bool = True) -> None:
+    """Destroy megatron's groups and the process group (idempotent); no barrier after an error."""
     from megatron.core import parallel_state as ps
 
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
-    destroy_process_group()
+    destroy_process_group(barrier)
 
 
 __all__ = ["ParallelContext", "initialize", "teardown", "seed_everything", "device",

@@ -31,7 +31,7 @@ def _is_cuda_device(device: Any) -> bool:
         return device.type == "cuda"
     if isinstance(device, str):
         return device.startswith("cuda")
-    # megatron passes torch.cuda.current_device() (an int) as a device
+    # an integer device is a CUDA ordinal
     return isinstance(device, int) and not isinstance(device, bool)
 
 
@@ -89,7 +89,9 @@ class _InertStream:
 
 def _patch_torch_cuda() -> None:
     cuda = torch.cuda
-    cuda.current_device = lambda: 0
+    # A device object, not the index 0: autograd runs backward with torch-function modes popped,
+    # so device=torch.cuda.current_device() in a custom backward must already mean the CPU.
+    cuda.current_device = lambda: torch.device("cpu")
     cuda.set_device = lambda *a, **k: None
     cuda.synchronize = lambda *a, **k: None
     cuda.Stream = _InertStream

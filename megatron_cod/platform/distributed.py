@@ -41,8 +41,12 @@ def init_process_group(backend: str | None = None, timeout_minutes: int = 30) ->
     return dist.get_rank(), dist.get_world_size()
 
 
-def destroy_process_group() -> None:
-    """Tear down; without it about one gloo run in three aborts at interpreter exit."""
+def destroy_process_group(barrier: bool = True) -> None:
+    """Tear down; without it about one gloo run in three aborts at interpreter exit.
+
+    After an error the other ranks may never arrive, so the barrier is skipped then.
+    """
     if dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()

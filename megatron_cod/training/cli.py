@@ -6,6 +6,7 @@ import os
 import sys
 
 from megatron_cod.config import ConfigError, load_config
+from megatron_cod.tracking.lifecycle import RunTerminated
 
 
 def _is_logging_rank() -> bool:
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileExistsError, FileNotFoundError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunTerminated:
+        print("[megatron_cod] stopped by SIGTERM", file=sys.stderr)
+        return 143
     if _is_logging_rank():
         print(f"\n[megatron_cod] finished at iteration {outcome.iteration}; run directory {outcome.run_dir}")
         if outcome.checkpoint:

@@ -40,10 +40,9 @@ def prepare_data(cfg: Any) -> TrainingData:
         builtin = _builtin(cfg)
         data_path, split = [builtin.data_prefix], builtin.split
         tokenizer = load_tokenizer(cfg.data.tokenizer or builtin.tokenizer_path)
-    evals = (t.train_iters // t.eval_interval + 1) if t.eval_interval else 0
-    num_samples = (max(t.train_iters, 1) * t.global_batch_size,
-                   max(t.eval_iters * t.global_batch_size, 1) if evals else 0,
-                   max(t.eval_iters * t.global_batch_size, 1))
+    # every evaluation reads the same eval_iters batches of the validation split
+    num_samples = (max(t.train_iters, 1) * t.global_batch_size, t.eval_iters * t.global_batch_size,
+                   max(t.eval_iters, 1) * t.global_batch_size)
     train, valid, test = build_gpt_datasets(data_path, split, cfg.model.seq_length, t.seed, tokenizer,
                                             num_samples)
     return TrainingData(tokenizer=tokenizer, datasets={"train": train, "valid": valid, "test": test})

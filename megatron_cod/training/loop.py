@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,9 @@ from megatron_cod import platform
 from megatron_cod.training.batches import GlobalBatchStream
 from megatron_cod.training.checkpoint import latest_iteration, load_checkpoint, save_checkpoint
 from megatron_cod.training.console import ConsoleLog
+from megatron_cod.tracking.lifecycle import RunTerminated
 from megatron_cod.training.data_setup import TrainingData, prepare_data
+from megatron_cod.training.exit_signal import ExitSignalHandler
 from megatron_cod.training.model_setup import build_training_model
 from megatron_cod.training.optimizer import build_optimizer, build_scheduler
 from megatron_cod.training.run_dir import make_run_dir
@@ -28,7 +31,7 @@ class TrainingOutcome:
     """What a finished run reports (values are meaningful on the logging rank)."""
 
     iteration: int
-    run_dir: Path
+    run_dir: Path | None
     losses: list[tuple[int, float]] = field(default_factory=list)
     valid_losses: list[tuple[int, float]] = field(default_factory=list)
     checkpoint: Path | None = None
@@ -115,7 +118,7 @@ def pretrain(cfg: Any, config_yaml: str | None = None) -> TrainingOutcome:
         if cfg.checkpoint.load:
             trainer.load()
         logging_rank = ctx.rank == ctx.world_size - 1
-        run_dir = make_run_dir(cfg)
+        run_dir = make_run_dir(cfg) if logging_rank else None
         outcome = TrainingOutcome(iteration=trainer.iteration, run_dir=run_dir)
         telemetry = DepthTelemetry(trainer.model, cfg.telemetry)
         tracker = None
@@ -124,18 +127,25 @@ def pretrain(cfg: Any, config_yaml: str | None = None) -> TrainingOutcome:
                                     tags={"megatron_cod.world_size": str(ctx.world_size)})
             outcome.run_id, outcome.tracking_uri = tracker.run_id, tracker.tracking_uri
             outcome.ui_hint = tracker.ui_hint()
+        exit_signal = ExitSignalHandler() if cfg.train.exit_signal_handler else None
+        run_guard = (tracked_run(tracker, handle_sigterm=exit_signal is None) if tracker
+                     else contextlib.nullcontext())
         try:
-            with tracked_run(tracker) if tracker else contextlib.nullcontext():
-                _train(cfg, trainer, telemetry, tracker, outcome, config_yaml, logging_rank)
+            with run_guard:
+                _train(cfg, trainer, telemetry, tracker, outcome, config_yaml, logging_rank, exit_signal)
         finally:
             telemetry.remove()
-        return outcome
-    finally:
-        platform.teardown()
+            if exit_signal is not None:
+                exit_signal.restore()
+    except BaseException:
+        platform.teardown(barrier=False)
+        raise
+    platform.teardown()
+    return outcome
 
 
 def _train(cfg: Any, trainer: Trainer, telemetry, tracker, outcome: TrainingOutcome,
-           config_yaml: str, logging_rank: bool) -> None:
+           config_yaml: str, logging_rank: bool, exit_signal: ExitSignalHandler | None) -> None:
     t = cfg.train
     console = ConsoleLog(t.train_iters, trainer.iteration, enabled=logging_rank)
     stream = trainer.stream("train", trainer.consumed["train"])
@@ -168,31 +178,48 @@ def _train(cfg: Any, trainer: Trainer, telemetry, tracker, outcome: TrainingOutc
                                   result.skipped)
             tracker.log_metrics(metrics, step=iteration)
         last = iteration == t.train_iters
+        stop = _stop_reason(t, iteration, exit_signal)
         if t.eval_interval and (iteration % t.eval_interval == 0 or last):
-            _evaluate(trainer, tracker, console, outcome, iteration, history, logging_rank)
-        if cfg.checkpoint.save and (last or (cfg.checkpoint.save_interval
-                                             and iteration % cfg.checkpoint.save_interval == 0)):
+            _evaluate(trainer, tracker, console, outcome, iteration, logging_rank)
+        if logging_rank and history and (last or stop or iteration % t.eval_interval == 0):
+            _log_depth_plots(history, tracker, outcome)
+        interval_save = cfg.checkpoint.save_interval and iteration % cfg.checkpoint.save_interval == 0
+        if cfg.checkpoint.save and (last or interval_save or stop):
             _checkpoint(trainer, tracker, console, outcome, config_yaml)
+        if stop:
+            console.line(f" exiting after iteration {iteration}: {stop}")
+            outcome.iteration = iteration
+            if stop == "SIGTERM":
+                raise RunTerminated(signal.SIGTERM)
+            break
     if trainer.iteration == 0 and cfg.checkpoint.save:
         _checkpoint(trainer, tracker, console, outcome, config_yaml)
     outcome.iteration = trainer.iteration
 
 
-def _evaluate(trainer: Trainer, tracker, console: ConsoleLog, outcome: TrainingOutcome,
-              iteration: int, history: list, logging_rank: bool) -> None:
-    from megatron_cod.telemetry.plots import write_depth_plots
+def _stop_reason(t: Any, iteration: int, exit_signal: ExitSignalHandler | None) -> str | None:
+    if t.exit_interval and iteration % t.exit_interval == 0 and iteration < t.train_iters:
+        return f"--exit-interval {t.exit_interval}"
+    if exit_signal is not None and exit_signal.any_rank_received():
+        return "SIGTERM"
+    return None
 
+
+def _evaluate(trainer: Trainer, tracker, console: ConsoleLog, outcome: TrainingOutcome,
+              iteration: int, logging_rank: bool) -> None:
     loss = trainer.evaluate()
-    if not logging_rank:
-        return
-    if loss is not None:
+    if logging_rank and loss is not None:
         ppl = math.exp(min(loss, 50.0))
         outcome.valid_losses.append((iteration, loss))
         console.evaluation(iteration, loss, ppl)
         tracker.log_metrics({"valid/lm_loss": loss, "valid/ppl": ppl}, step=iteration)
-    if history:
-        for png in write_depth_plots(history, outcome.run_dir / "plots"):
-            tracker.log_artifact(png, artifact_path="plots")
+
+
+def _log_depth_plots(history: list, tracker, outcome: TrainingOutcome) -> None:
+    from megatron_cod.telemetry.plots import write_depth_plots
+
+    for png in write_depth_plots(history, outcome.run_dir / "plots"):
+        tracker.log_artifact(png, artifact_path="plots")
 
 
 def _checkpoint(trainer: Trainer, tracker, console: ConsoleLog, outcome: TrainingOutcome,

@@ -76,6 +76,6 @@ def build_scheduler(optimizer, optim_cfg: Any, train_iters: int) -> OptimizerPar
         lr_decay_style=optim_cfg.lr_decay_style,
         start_wd=optim_cfg.weight_decay,
         end_wd=optim_cfg.weight_decay,
-        wd_incr_steps=train_iters,
+        wd_incr_steps=max(train_iters, 1),
         wd_incr_style="constant",
     )

@@ -44,7 +44,26 @@ def test_streams_and_events_are_inert():
         ev.record()
     torch.cuda.current_stream().wait_stream(s)
     torch.cuda.synchronize()
-    assert torch.cuda.current_device() == 0
+    assert torch.cuda.current_device() == torch.device("cpu")
+
+
+def test_custom_backward_allocating_on_the_current_device():
+    """Autograd runs backward with torch-function modes popped; the CPU layer must still hold."""
+    cpu_compat.enable_cpu_compat()
+
+    class Double(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            out = torch.empty(grad.shape, device=torch.cuda.current_device())
+            return torch.mul(grad, 2, out=out)
+
+    x = torch.ones(3, requires_grad=True)
+    Double.apply(x).sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), 2.0))
 
 
 def test_megatron_rng_tracker_is_the_cpu_tracker():

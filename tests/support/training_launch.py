@@ -1,0 +1,51 @@
+"""Run megatron_cod training in subprocesses (python or torchrun) and read back what it logged."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+TINY_MOE = ["--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4",
+            "--group-query-attention", "--num-query-groups", "2", "--num-experts", "4",
+            "--moe-ffn-hidden-size", "64", "--seq-length", "64"]
+TINY_DENSE = ["--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4",
+              "--group-query-attention", "--num-query-groups", "2", "--ffn-hidden-size", "128",
+              "--seq-length", "64"]
+SCHEDULE = ["--micro-batch-size", "2", "--global-batch-size", "4", "--lr", "3e-3", "--min-lr", "3e-4",
+            "--lr-warmup-iters", "1", "--eval-iters", "0", "--no-telemetry", "--no-mlflow"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(tmp: Path, name: str, args: list[str], nproc: int = 1, timeout: int = 300,
+          env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run one training job with --output-dir tmp/runs and --mlflow-run-name name."""
+    cmd = [sys.executable]
+    if nproc > 1:
+        cmd += ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                "--master-port", str(_free_port())]
+    cmd += ["-m", "megatron_cod.training", *args, "--output-dir", str(tmp / "runs"),
+            "--mlflow-run-name", name]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run(cmd, cwd=tmp, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"training {name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def journal(tmp: Path, name: str) -> list[dict]:
+    path = tmp / "runs" / name / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def losses(tmp: Path, name: str) -> dict[int, float]:
+    return {e["step"]: e["metrics"]["train/lm_loss"] for e in journal(tmp, name)
+            if "train/lm_loss" in e["metrics"]}
