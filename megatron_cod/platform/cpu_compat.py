@@ -117,6 +117,21 @@ def _patch_megatron_rng() -> None:
     mrandom._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
 
 
+def _patch_recompute_backward() -> None:
+    """Activation recompute re-runs layer forwards inside backward, where autograd has popped
+    torch-function modes; run that backward under a fresh mode so the re-run forward maps CUDA
+    the same way the first forward did."""
+    from megatron.core.tensor_parallel import random as mrandom
+
+    original = mrandom.CheckpointFunction.backward
+
+    def backward(ctx, *args):
+        with CudaToCpuMode():
+            return original(ctx, *args)
+
+    mrandom.CheckpointFunction.backward = staticmethod(backward)
+
+
 def _patch_gloo_all_to_all() -> None:
     """gloo's all_to_all_single wants split sizes as lists; megatron's MoE passes tensors."""
     original = dist.all_to_all_single
@@ -152,6 +167,7 @@ def enable_cpu_compat() -> bool:
         if _mode is None:
             _patch_torch_cuda()
             _patch_megatron_rng()
+            _patch_recompute_backward()
             _patch_gloo_all_to_all()
             _mode = CudaToCpuMode()
             _mode.__enter__()

@@ -19,28 +19,34 @@ import torch
 _EPS = 1e-12
 
 
-def _f32(x: torch.Tensor) -> torch.Tensor:
+def as_fp32(x: torch.Tensor) -> torch.Tensor:
+    """x in fp32, without a copy when it already is."""
     return x.float() if x.dtype != torch.float32 else x
 
 
 def per_token_variance(h: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
     """Variance across the hidden dimension for each token (divisor d-1 when unbiased, as the paper)."""
-    return torch.var(_f32(h), dim=-1, unbiased=unbiased)
+    h = as_fp32(h)
+    if h.is_cuda:
+        return torch.var(h, dim=-1, unbiased=unbiased)
+    # Same two-pass result; torch.var over the last dim is ~10x slower than this on CPU.
+    centered = h - h.mean(dim=-1, keepdim=True)
+    return torch.linalg.vector_norm(centered, dim=-1).square() / (h.shape[-1] - (1 if unbiased else 0))
 
 
 def per_token_rms(h: torch.Tensor) -> torch.Tensor:
     """Root mean square across the hidden dimension for each token."""
-    return _f32(h).pow(2).mean(dim=-1).sqrt()
+    return as_fp32(h).pow(2).mean(dim=-1).sqrt()
 
 
 def per_token_norm(h: torch.Tensor) -> torch.Tensor:
     """L2 norm across the hidden dimension for each token."""
-    return torch.linalg.vector_norm(_f32(h), dim=-1)
+    return torch.linalg.vector_norm(as_fp32(h), dim=-1)
 
 
 def per_token_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of a and b for each token; 1 where both vectors are equal."""
-    a, b = _f32(a), _f32(b)
+    a, b = as_fp32(a), as_fp32(b)
     num = (a * b).sum(dim=-1)
     den = per_token_norm(a) * per_token_norm(b)
     return num / den.clamp_min(_EPS)
@@ -48,7 +54,7 @@ def per_token_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def per_token_update_norm(h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
     """||h_{l+1} - h_l|| for each token: the size of the layer's residual update f_l."""
-    return per_token_norm(_f32(h_out) - _f32(h_in))
+    return per_token_norm(as_fp32(h_out) - as_fp32(h_in))
 
 
 def per_token_relative_update(h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
@@ -69,3 +75,165 @@ def block_influence(h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
 def residual_variance(h: torch.Tensor) -> torch.Tensor:
     """The paper's residual variance: mean over tokens of the per-token variance (0-dim tensor)."""
     return per_token_variance(h).mean()
+
+
+def layer_output_terms(h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
+    """Per token, stacked on a new first dim: variance and RMS of h_out, update norm, relative
+    update, cosine of h_in and h_out.
+
+    The same numbers as per_token_variance, per_token_rms, per_token_update_norm,
+    per_token_relative_update and per_token_cosine, sharing the norms between them; telemetry
+    evaluates it on every layer of every collection step, so the number of passes matters.
+    """
+    x, y = as_fp32(h_in), as_fp32(h_out)
+    x_norm = torch.linalg.vector_norm(x, dim=-1)
+    y_norm = torch.linalg.vector_norm(y, dim=-1)
+    update = torch.linalg.vector_norm(y - x, dim=-1)
+    cosine = torch.linalg.vecdot(x, y) / (x_norm * y_norm).clamp_min(_EPS)
+    return torch.stack([
+        per_token_variance(y),
+        y_norm / math.sqrt(y.shape[-1]),
+        update,
+        update / x_norm.clamp_min(_EPS),
+        cosine,
+    ])
+
+
+def branch_output_terms(a: torch.Tensor) -> torch.Tensor:
+    """Per token, stacked: variance and L2 norm of a sub-layer branch output."""
+    a = as_fp32(a)
+    return torch.stack([per_token_variance(a), torch.linalg.vector_norm(a, dim=-1)])
+
+
+# --- attention -----------------------------------------------------------------------------------
+# Causal convention used throughout: ``probs`` is ``[heads, q, k]`` and its q rows are the LAST q
+# positions of a k-long causal context, so row r sees n_r = k - q + r + 1 keys (a full square
+# matrix is the case q == k, where row 0 sees only key 0).
+
+
+def causal_visible_keys(num_queries: int, num_keys: int, device: torch.device | None = None) -> torch.Tensor:
+    """n_r, the number of keys row r of a causal ``[q, k]`` attention block can see."""
+    if not 1 <= num_queries <= num_keys:
+        raise ValueError(f"need 1 <= num_queries <= num_keys, got {num_queries}, {num_keys}")
+    return torch.arange(num_keys - num_queries + 1, num_keys + 1, device=device)
+
+
+def attention_valid_rows(num_queries: int, num_keys: int, min_keys: int) -> int:
+    """How many rows of a causal block see more than min_keys keys: always the last rows."""
+    first = num_keys - num_queries + 1
+    return max(0, num_keys - max(first, min_keys + 1) + 1)
+
+
+def causal_attention_probs(query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal softmax(q k^T * scale) in fp32, ``[heads, q, k]``.
+
+    query ``[q, heads, d]`` holds the last q positions, key ``[k, groups, d]`` all k positions;
+    with grouped-query attention each key group serves heads/groups consecutive query heads
+    (megatron's repeat_interleave layout).
+    """
+    q, k = as_fp32(query), as_fp32(key)
+    heads, groups = q.shape[1], k.shape[1]
+    if heads % groups:
+        raise ValueError(f"{heads} query heads are not a multiple of {groups} key groups")
+    k = k.repeat_interleave(heads // groups, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q, k) * scale
+    visible = causal_visible_keys(q.shape[0], k.shape[0], scores.device)
+    masked = torch.arange(k.shape[0], device=scores.device)[None, :] >= visible[:, None]
+    return torch.softmax(scores.masked_fill(masked, float("-inf")), dim=-1)
+
+
+def attention_normalized_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Per head: mean over query rows of H_r / log(n_r), H_r = -sum_j a_rj log a_rj.
+
+    1 means uniform attention over the visible keys, 0 attention to a single key. Rows that see a
+    single key (n_r = 1, row 0 of a square block) have no choice to measure and 0/0 there, so they
+    are left out of the mean; a head with no row left gives NaN.
+    """
+    p = as_fp32(probs)
+    rows = attention_valid_rows(p.shape[-2], p.shape[-1], 1)
+    p = p[..., p.shape[-2] - rows :, :]
+    visible = causal_visible_keys(p.shape[-2], p.shape[-1], p.device) if rows else p.new_ones(0)
+    entropy = -torch.special.xlogy(p, p).sum(dim=-1)
+    return (entropy / torch.log(visible.to(p.dtype))).mean(dim=-1)
+
+
+def attention_topk_mass(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """Per head: mean over query rows of the attention mass on the row's k largest weights.
+
+    Rows that see at most k keys hold all their mass in the top k by construction, so they are
+    left out like the single-key rows of attention_normalized_entropy; NaN if no row is left.
+    """
+    if k < 1:
+        raise ValueError(f"top-k needs k >= 1, got {k}")
+    p = as_fp32(probs)
+    rows = attention_valid_rows(p.shape[-2], p.shape[-1], k)
+    p = p[..., p.shape[-2] - rows :, :]
+    return p.topk(min(k, p.shape[-1]), dim=-1).values.sum(dim=-1).mean(dim=-1)
+
+
+# --- weights -------------------------------------------------------------------------------------
+
+
+def weight_rms(w: torch.Tensor) -> torch.Tensor:
+    """Root mean square of all entries of a weight matrix (0-dim)."""
+    return as_fp32(w).pow(2).mean().sqrt()
+
+
+def count_small_weights(w: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
+    """Number of entries with |w| < threshold (0-dim, fp32), for sharded matrices."""
+    return (as_fp32(w).abs() < threshold).sum().float()
+
+
+def weight_sparsity(w: torch.Tensor, eps: float) -> torch.Tensor:
+    """Fraction of entries with |w| < eps * RMS(W) (0-dim)."""
+    return count_small_weights(w, eps * weight_rms(w)) / w.numel()
+
+
+def hoyer_from_norms(l1: torch.Tensor, l2: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
+    """Hoyer sparsity (sqrt(n) - ||w||_1/||w||_2) / (sqrt(n) - 1) from the norms of n entries.
+
+    0 for a vector of equal magnitudes, 1 for a single non-zero entry; split out so sharded
+    matrices can sum l1, l2^2 and n across ranks first. Computed in fp64.
+    """
+    l1 = torch.as_tensor(l1).double()
+    l2 = torch.as_tensor(l2, device=l1.device).double()
+    root_n = torch.as_tensor(n, device=l1.device).double().sqrt()
+    return (root_n - l1 / l2) / (root_n - 1.0)
+
+
+def hoyer_sparsity(w: torch.Tensor) -> torch.Tensor:
+    """Hoyer measure of all entries of w (0-dim, fp64); needs at least 2 entries."""
+    if w.numel() < 2:
+        raise ValueError("the Hoyer measure needs at least 2 entries")
+    x = as_fp32(w).flatten()
+    return hoyer_from_norms(x.abs().sum(), torch.linalg.vector_norm(x), x.numel())
+
+
+# --- MoE routing ---------------------------------------------------------------------------------
+
+
+def tokens_per_expert(routing_map: torch.Tensor) -> torch.Tensor:
+    """Token slots routed to each expert from a ``[tokens, experts]`` boolean routing map."""
+    return routing_map.reshape(-1, routing_map.shape[-1]).sum(dim=0)
+
+
+def load_imbalance(tokens: torch.Tensor) -> torch.Tensor:
+    """max / mean of tokens per expert (1 = perfectly balanced, num_experts = all on one)."""
+    t = tokens.double()
+    return t.max() / t.mean().clamp_min(_EPS)
+
+
+def dead_experts(tokens: torch.Tensor) -> torch.Tensor:
+    """Number of experts that received no token."""
+    return (tokens == 0).sum()
+
+
+def per_token_router_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of the full softmax over experts for each token; at most log(num_experts)."""
+    logp = torch.log_softmax(as_fp32(logits), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def router_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of the router's softmax entropy (0-dim)."""
+    return per_token_router_entropy(logits).mean()

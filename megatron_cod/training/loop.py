@@ -14,10 +14,13 @@ import yaml
 from megatron.core import parallel_state as ps
 
 from megatron_cod import platform
+from megatron_cod.telemetry import DepthTelemetry
+from megatron_cod.telemetry.plots import plot_values, write_depth_plots
+from megatron_cod.tracking import Tracker, tracked_run
+from megatron_cod.tracking.lifecycle import RunTerminated
 from megatron_cod.training.batches import GlobalBatchStream
 from megatron_cod.training.checkpoint import latest_iteration, load_checkpoint, save_checkpoint
 from megatron_cod.training.console import ConsoleLog
-from megatron_cod.tracking.lifecycle import RunTerminated
 from megatron_cod.training.data_setup import TrainingData, prepare_data
 from megatron_cod.training.exit_signal import ExitSignalHandler
 from megatron_cod.training.model_setup import build_training_model
@@ -103,9 +106,6 @@ class Trainer:
 
 def pretrain(cfg: Any, config_yaml: str | None = None) -> TrainingOutcome:
     """Train per cfg on this process's share of the world (torchrun or a single process)."""
-    from megatron_cod.telemetry import DepthTelemetry
-    from megatron_cod.tracking import Tracker, tracked_run
-
     p = cfg.parallel
     ctx = platform.initialize(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
                               p.expert_model_parallel_size, seed=cfg.train.seed)
@@ -171,7 +171,7 @@ def _train(cfg: Any, trainer: Trainer, telemetry, tracker, outcome: TrainingOutc
                 metrics["train/grad_norm"] = result.grad_norm
             if depth_metrics:
                 metrics.update(depth_metrics)
-                history.append((iteration, depth_metrics))
+                history.append((iteration, plot_values(depth_metrics)))
             if iteration % t.log_interval == 0 or iteration == t.train_iters:
                 console.iteration(iteration, stream.consumed_samples, elapsed * 1e3, result.lr,
                                   t.global_batch_size, result.loss, result.grad_norm, tokens_per_s,
@@ -216,8 +216,6 @@ def _evaluate(trainer: Trainer, tracker, console: ConsoleLog, outcome: TrainingO
 
 
 def _log_depth_plots(history: list, tracker, outcome: TrainingOutcome) -> None:
-    from megatron_cod.telemetry.plots import write_depth_plots
-
     for png in write_depth_plots(history, outcome.run_dir / "plots"):
         tracker.log_artifact(png, artifact_path="plots")
 

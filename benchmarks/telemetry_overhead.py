@@ -1,0 +1,160 @@
+"""Step time with depth telemetry at interval 1 vs telemetry off, side by side in one run.
+
+A 16-layer MoE GPTModel (megatron DDP, megatron's forward-backward schedule, as in training) runs
+rounds of steps; each round times one step per mode, in a rotating order so drift and neighbours'
+load hit every mode alike. Modes:
+- off:       telemetry disabled (the begin/after/end calls still made, as in the training loop);
+- depth:     interval 1: residual variance/RMS/update/cosine, branch statistics, grad and param
+             norms, MoE routing statistics and aux losses, on every layer;
+- attention: only the attention-entropy sample (its own interval in training);
+- weights:   only the weight-sparsity statistics (their own interval in training).
+The step is forward + backward of all micro-batches (no optimizer step, which would only add to
+the denominator). A mode's ratio is the median over rounds of (its step / the off step of the same
+round), which cancels slow drift; ratios of the median step times are printed too. The last line
+is ``RESULT telemetry_overhead_ratio=<depth ratio>``.
+
+Clock: on a GPU, wall time with a device synchronisation around each step. On a CPU, the
+process's CPU time with one torch thread by default: build machines are shared, and wall time
+there mostly measures the neighbours (identical steps varied 2x in wall time in our runs), while
+single-threaded CPU time is the work this process did. Wall-time medians are printed as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from types import SimpleNamespace
+
+import torch
+
+MODES = ("off", "depth", "attention", "weights")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--layers", type=int, default=16)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--experts", type=int, default=8)
+    p.add_argument("--topk", type=int, default=2)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--micro-batch-size", type=int, default=2)
+    p.add_argument("--micro-batches", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=12, help="timed steps per mode")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs only)")
+    args = p.parse_args(argv)
+    for name in ("layers", "hidden", "heads", "experts", "topk", "seq", "micro_batch_size",
+                 "micro_batches", "rounds", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.layers < 16:
+        p.error("--layers must be >= 16 (the acceptance criterion measures 16+ layers)")
+    return args
+
+
+def telemetry_config(mode: str, seq: int):
+    from megatron_cod.config import TelemetryConfig
+
+    return TelemetryConfig(enabled=mode != "off", interval=1 if mode == "depth" else 0,
+                           attention_interval=1 if mode == "attention" else 0,
+                           weight_interval=1 if mode == "weights" else 0,
+                           attention_max_tokens=seq)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from rich.progress import Progress
+
+    from megatron_cod import platform
+    from megatron_cod.config import ModelConfig, ParallelConfig
+    from megatron_cod.telemetry import DepthTelemetry
+    from megatron_cod.training.model_setup import build_training_model
+    from megatron_cod.training.step import forward_step
+
+    platform.initialize(seed=1234)
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        torch.set_num_threads(args.threads)
+    try:
+        model_cfg = ModelConfig(num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.heads,
+                                seq_length=args.seq, num_experts=args.experts, moe_router_topk=args.topk,
+                                moe_ffn_hidden_size=args.hidden, bf16=args.bf16)
+        vocab = 1024
+        model = build_training_model(SimpleNamespace(model=model_cfg, parallel=ParallelConfig()), vocab)
+        dev = platform.device()
+        g = torch.Generator().manual_seed(0)
+        batches = []
+        for _ in range(args.micro_batches):
+            tokens = torch.randint(0, vocab, (args.micro_batch_size, args.seq), generator=g)
+            batches.append({"tokens": tokens, "labels": tokens.roll(-1, dims=1),
+                            "loss_mask": torch.ones(args.micro_batch_size, args.seq),
+                            "position_ids": torch.arange(args.seq).expand(args.micro_batch_size, -1)})
+        collectors = {mode: DepthTelemetry(model, telemetry_config(mode, args.seq)) for mode in MODES}
+        fwd_bwd = get_forward_backward_func()
+
+        def sync() -> None:
+            if on_gpu:
+                torch.cuda.synchronize()
+
+        def step(mode: str, iteration: int) -> tuple[float, float]:
+            """(measured time, wall time) of one step."""
+            tel = collectors[mode]
+            for chunk in model:
+                chunk.zero_grad_buffer()
+            sync()
+            start, cpu_start = time.perf_counter(), time.process_time()
+            tel.begin_step(iteration)
+            fwd_bwd(forward_step_func=forward_step, data_iterator=iter(batches), model=model,
+                    num_microbatches=args.micro_batches, seq_length=args.seq,
+                    micro_batch_size=args.micro_batch_size, forward_only=False)
+            tel.after_backward(iteration)
+            values = tel.end_step(iteration)
+            sync()
+            wall = time.perf_counter() - start
+            if mode != "off" and not values:
+                raise RuntimeError(f"mode {mode} collected nothing")
+            return (wall if on_gpu else time.process_time() - cpu_start), wall
+
+        times: dict[str, list[float]] = {m: [] for m in MODES}
+        walls: dict[str, list[float]] = {m: [] for m in MODES}
+        total = args.warmup + args.rounds
+        with Progress(transient=True) as progress:
+            task = progress.add_task("timing steps", total=total * len(MODES))
+            for r in range(total):
+                order = MODES[r % len(MODES):] + MODES[: r % len(MODES)]
+                for mode in order:
+                    t, wall = step(mode, r)
+                    if r >= args.warmup:
+                        times[mode].append(t)
+                        walls[mode].append(wall)
+                    progress.advance(task)
+        for tel in collectors.values():
+            tel.remove()
+    finally:
+        platform.teardown()
+
+    med = {m: statistics.median(ts) for m, ts in times.items()}
+    paired = {m: statistics.median(t / off for t, off in zip(times[m], times["off"])) for m in MODES}
+    wall_med = {m: statistics.median(ts) for m, ts in walls.items()}
+    clock = "wall time" if on_gpu else f"process CPU time, {torch.get_num_threads()} thread(s)"
+    print(f"model: {args.layers} layers, hidden {args.hidden}, {args.experts} experts top-{args.topk}, "
+          f"seq {args.seq}, {args.micro_batches} x {args.micro_batch_size} sequences per step, "
+          f"device {dev}; clock: {clock}")
+    for m in MODES:
+        print(f"{m:>9}: median step {med[m] * 1e3:8.1f} ms  (min {min(times[m]) * 1e3:8.1f}, "
+              f"max {max(times[m]) * 1e3:8.1f}, n={len(times[m])})  paired ratio {paired[m]:.4f}, "
+              f"ratio of medians {med[m] / med['off']:.4f}  | wall median {wall_med[m] * 1e3:8.1f} ms, "
+              f"ratio {wall_med[m] / wall_med['off']:.4f}")
+    print(f"attention-entropy sample step ratio (its own interval in training): {paired['attention']:.4f}")
+    print(f"weight-statistics step ratio (its own interval in training): {paired['weights']:.4f}")
+    print(f"RESULT telemetry_overhead_ratio={paired['depth']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The device-side accumulator: every telemetry sum of one step in a single flat fp64 tensor.
+
+Hooks hand over small device tensors of sums (PendingSums) and host-known counts (token and row
+numbers are shapes, never device values), so collecting never waits for the device and costs no
+extra kernels per hook; the pending sums enter the flat tensor with one index_add at the end of
+the step. The flat tensor then crosses the ranks with one SUM all-reduce (plus one for the weight
+sums on weight steps, which must be global before the small-weight threshold can be applied) and
+reaches the host with one copy. Means are sum / count with counts reduced the
+same way, so micro-batches and data-parallel ranks are combined token-weighted, pipeline stages
+fill disjoint layer rows, and ranks holding identical activations (tensor-parallel replicas)
+leave every mean unchanged.
+
+fp64 keeps token counts exact far past 2^24 and makes sums of per-token values over a whole
+global batch lossless enough; the buffer is a few KB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+# Token-weighted per-layer statistics: each column has its own count column, since the sources
+# differ (layer output, attention branch, MLP branch, final norm, router).
+ACTIVATION_STATS = (
+    "var", "rms", "update_norm", "rel_update", "cosine",
+    "attn_var", "attn_norm",
+    "mlp_var", "mlp_norm",
+    "var_final_norm",
+    "router_entropy",
+)
+LAYER_STATS = slice(0, 5)
+ATTN_BRANCH_STATS = slice(5, 7)
+MLP_BRANCH_STATS = slice(7, 9)
+FINAL_NORM_STAT = 9
+ROUTER_ENTROPY_STAT = 10
+
+# megatron-core's per-layer MoE loss tracker names (moe_utils.save_to_aux_losses_tracker).
+AUX_LOSSES = ("load_balancing_loss", "seq_load_balancing_loss", "global_load_balancing_loss", "z_loss")
+
+# Attention sample, per layer and head: normalised-entropy sum and row count, top-k sum and count.
+ATTN_ENTROPY_SUM, ATTN_ENTROPY_ROWS, ATTN_TOPK_SUM, ATTN_TOPK_ROWS = range(4)
+
+# Weights, per layer and matrix family: element count, sum of squares, sum of |w|, small count.
+W_COUNT, W_SUMSQ, W_L1 = range(3)
+
+
+@dataclass(frozen=True)
+class BufferShape:
+    num_layers: int
+    num_heads: int
+    num_experts: int
+    num_weight_families: int
+
+
+class TelemetryBuffers:
+    """Named views into one flat fp64 tensor; the weight sums come first so they can be reduced
+    on their own before the small-weight counts are taken."""
+
+    def __init__(self, shape: BufferShape, device: torch.device | str,
+                 flat: torch.Tensor | None = None) -> None:
+        L, H, E, F = shape.num_layers, shape.num_heads, shape.num_experts, shape.num_weight_families
+        layout = (
+            ("weight_sums", (L, F, 3)),
+            ("act_sum", (L, len(ACTIVATION_STATS))),
+            ("act_count", (L, len(ACTIVATION_STATS))),
+            ("aux_sum", (L, len(AUX_LOSSES))),
+            ("aux_count", (L, len(AUX_LOSSES))),
+            ("expert_tokens", (L, E)),
+            ("norm_sq", (L, 2)),
+            ("attention", (L, H, 4)),
+            ("weight_small", (L, F)),
+        )
+        total = sum(_numel(s) for _, s in layout)
+        self.shape = shape
+        self.flat = torch.zeros(total, dtype=torch.float64, device=device) if flat is None else flat
+        self._positions: dict[str, torch.Tensor] = {}
+        offset = 0
+        for name, s in layout:
+            setattr(self, name, self.flat[offset : offset + _numel(s)].view(s))
+            self._positions[name] = torch.arange(offset, offset + _numel(s)).view(s)
+            offset += _numel(s)
+        self._weight_end = _numel(layout[0][1])
+
+    def positions(self, name: str) -> torch.Tensor:
+        """Host tensor shaped like view ``name`` holding each element's index in ``flat``."""
+        return self._positions[name]
+
+    def zero_(self) -> None:
+        self.flat.zero_()
+
+    def all_reduce_weight_sums(self) -> None:
+        _sum_over_world(self.flat[: self._weight_end])
+
+    def all_reduce_rest(self) -> None:
+        _sum_over_world(self.flat[self._weight_end :])
+
+    def to_host(self) -> "TelemetryBuffers":
+        """A host copy with the same views: the step's one device-to-host transfer."""
+        return TelemetryBuffers(self.shape, "cpu", flat=self.flat.cpu())
+
+
+class PendingSums:
+    """Sums produced during a step, added into TelemetryBuffers.flat once at its end.
+
+    Values are device tensors (their flat positions are known on the host); counts are host
+    numbers. Nothing here reads a device value.
+    """
+
+    def __init__(self) -> None:
+        self._values: list[torch.Tensor] = []
+        self._value_positions: list[int] = []
+        self._counts: dict[int, float] = {}
+
+    def add(self, positions: list[int], values: torch.Tensor) -> None:
+        """values: 1-D fp64 device tensor, one entry per position."""
+        self._values.append(values)
+        self._value_positions.extend(positions)
+
+    def count(self, positions: list[int], amount: float) -> None:
+        for p in positions:
+            self._counts[p] = self._counts.get(p, 0.0) + amount
+
+    def flush_into(self, buf: TelemetryBuffers) -> None:
+        device = buf.flat.device
+        if self._values:
+            index = torch.tensor(self._value_positions, dtype=torch.long).to(device)
+            buf.flat.index_add_(0, index, torch.cat(self._values))
+        if self._counts:
+            index = torch.tensor(list(self._counts), dtype=torch.long).to(device)
+            counts = torch.tensor(list(self._counts.values()), dtype=torch.float64).to(device)
+            buf.flat.index_add_(0, index, counts)
+        self.clear()
+
+    def clear(self) -> None:
+        self._values = []
+        self._value_positions = []
+        self._counts = {}
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _sum_over_world(t: torch.Tensor) -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and t.numel():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)

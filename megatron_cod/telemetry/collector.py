@@ -1,0 +1,478 @@
+"""DepthTelemetry: per-layer statistics of a megatron GPTModel during training, cheap enough to leave on.
+
+Hook points in a megatron-core TransformerLayer (0.16: ``_forward_attention`` / ``_forward_mlp``):
+- the layer itself: input hidden states (forward pre-hook, ``hidden_states`` kwarg) and output
+  ``output[0]``, both ``[s, b, h]``: residual variance, RMS, update norm, relative update, cosine;
+- ``self_attention``: returns ``(output, bias)`` that ``self_attn_bda`` adds to the residual; the
+  attention branch is ``output + bias`` (after any output hook a layer variant registered first);
+- ``mlp``: the MLP or MoELayer ``(output, bias)`` before ``mlp_bda``, so for MoE it is the routed
+  (+ shared) expert output, never the block output;
+- ``decoder.final_layernorm``: the last layer's residual after the final norm, reported apart as
+  ``var_final_norm`` next to the raw ``var`` of the last layer;
+- the MoE router: ``gating`` is wrapped to see the logits (full-softmax entropy) and the forward
+  output ``(probs, routing_map)`` gives tokens per expert; aux and z losses are the increments
+  megatron's own per-layer tracker (``moe_utils.save_to_aux_losses_tracker``) receives during the
+  router call, so their definition, and when megatron computes them, stay megatron's;
+- ``self_attention.core_attention`` pre-hook, on attention steps only: q ``[sq, b, np, hn]`` and
+  k ``[sk, b, ng, hn]`` of the first micro-batch on data-parallel rank 0 (the global batch's first
+  micro-batch, whatever the parallel layout); the sample is its sequence 0, the last
+  ``attention_max_tokens`` queries against all their keys, recomputed in fp32 outside the model;
+  tensor-parallel ranks each sample their own heads.
+
+Hooks compute per-token terms under ``torch.no_grad`` and hand their token sums, still on the
+device, to the accumulator; nothing reads a value back until ``end_step``. Hooks exist only
+during collection steps.
+
+Activation recompute re-runs layer forwards inside the backward pass; hooks that fire while the
+autograd engine is executing a node are that re-run and are ignored (the first, no-grad forward
+was already counted). The aux/z-loss increments are taken whenever megatron tracks them, which is
+exactly once per micro-batch (megatron skips them in the no-grad first pass).
+
+Norms: ``attn_norm`` / ``mlp_norm`` are the mean over tokens of the per-token L2 norm of the
+branch output (independent of micro-batch size, unlike a whole-tensor Frobenius norm), in the same
+unit as ``update_norm``. ``grad_norm`` / ``param_norm`` per layer are L2 norms over all parameters
+of the layer, with gradients as the optimizer sees them before clipping (megatron DDP
+``main_grad``; with fp16 loss scaling they include the loss scale).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.utils import get_attr_wrapped_model
+
+from megatron_cod.telemetry import metrics as M
+from megatron_cod.telemetry.accumulator import (
+    ATTN_BRANCH_STATS,
+    ATTN_ENTROPY_ROWS,
+    ATTN_ENTROPY_SUM,
+    ATTN_TOPK_ROWS,
+    ATTN_TOPK_SUM,
+    AUX_LOSSES,
+    FINAL_NORM_STAT,
+    LAYER_STATS,
+    MLP_BRANCH_STATS,
+    ROUTER_ENTROPY_STAT,
+    W_COUNT,
+    W_L1,
+    W_SUMSQ,
+    BufferShape,
+    PendingSums,
+    TelemetryBuffers,
+)
+from megatron_cod.telemetry.params import (
+    WEIGHT_FAMILIES,
+    LayerParam,
+    ParallelRanks,
+    distributed_optimizer_grad_slices,
+    layer_params,
+)
+from megatron_cod.telemetry.report import format_values
+
+ACTIVATIONS, ATTENTION, WEIGHTS = "activations", "attention", "weights"
+
+# megatron's aux-loss type (config.moe_router_load_balancing_type) behind each tracker name, and
+# the router process group whose ranks each hold a partial value that megatron sums (None: every
+# rank holds a full value of its own tokens, which megatron averages).
+_AUX_TYPE = {"load_balancing_loss": "aux_loss", "seq_load_balancing_loss": "seq_aux_loss",
+             "global_load_balancing_loss": "global_aux_loss"}
+_AUX_SUM_GROUP = {"load_balancing_loss": "tp_cp_group", "seq_load_balancing_loss": "tp_cp_group",
+                  "global_load_balancing_loss": "tp_dp_cp_group", "z_loss": None}
+
+# Largest fp32 attention-probability block materialised at once for the attention sample.
+_ATTENTION_CHUNK_BYTES = 256 * 2**20
+
+
+def _in_backward() -> bool:
+    """True while the autograd engine runs a node: a forward seen now is a recompute re-run."""
+    return torch._C._current_autograd_node() is not None
+
+
+def _branch_output(output: Any) -> torch.Tensor:
+    out, bias = (output[0], output[1]) if isinstance(output, (tuple, list)) else (output, None)
+    return out if bias is None else out + bias
+
+
+def _every(interval: int, iteration: int) -> bool:
+    return interval > 0 and iteration % interval == 0
+
+
+class DepthTelemetry:
+    """Collect per-layer depth statistics at collection steps of a training loop.
+
+    Call order per iteration, on every rank: ``begin_step`` before the forward/backward,
+    ``after_backward`` once gradients are final (after megatron's finalize_model_grads, i.e. after
+    the forward-backward function returned) and before ``optimizer.step()``, ``end_step`` after the
+    step. ``end_step`` returns the same dict on every rank. Aux/z losses are per-call increments
+    of megatron's tracker, so megatron's own ``track_moe_metrics`` may clear it at any time.
+
+    cfg needs: enabled, interval, attention_interval, weight_interval (0 turns a family off),
+    weight_eps, attention_topk, attention_max_tokens.
+
+    Limits: attention sampling needs causal self-attention without context parallelism, sliding
+    windows or packed sequences (it is skipped otherwise); grad norms support one
+    distributed-optimizer instance; CUDA graphs and MTP layers are not instrumented.
+    """
+
+    def __init__(self, model_chunks: list[torch.nn.Module], cfg: Any) -> None:
+        self.cfg = cfg
+        self._chunks = list(model_chunks)
+        models = [get_attr_wrapped_model(c, "decoder", return_model_obj=True) for c in self._chunks]
+        config = models[0].config
+        self.num_layers: int = config.num_layers
+        self.num_heads: int = config.num_attention_heads
+        self.num_experts: int = config.num_moe_experts or 0
+        self._config = config
+        self._layers = [layer for m in models for layer in m.decoder.layers]
+        self._final_norms = [m.decoder.final_layernorm for m in models
+                             if getattr(m.decoder, "final_layernorm", None) is not None]
+        self._ranks = ParallelRanks.current()
+        self._device = next(models[0].parameters()).device
+        self._buf = TelemetryBuffers(
+            BufferShape(self.num_layers, self.num_heads, self.num_experts, len(WEIGHT_FAMILIES)),
+            self._device)
+        self._params = layer_params(self._layers, self._ranks)
+        self._build_norm_plan()
+        self._build_weight_plan()
+
+        self._pending = PendingSums()
+        self._armed: set[str] = set()
+        self._norms_taken = False
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._wrapped_routers: list[torch.nn.Module] = []
+        self._inputs: dict[torch.nn.Module, torch.Tensor] = {}
+        self._logits: dict[torch.nn.Module, torch.Tensor] = {}
+        self._aux_before: dict[torch.nn.Module, list[tuple[int, str, torch.Tensor | None]]] = {}
+        self._sampled: set[torch.nn.Module] = set()
+        self._layer_set = set(self._layers)
+        self._plan_hooks()
+
+    # --- training-loop API -------------------------------------------------------------------
+
+    def begin_step(self, iteration: int) -> None:
+        """Arm the families due at this iteration and attach their hooks."""
+        self._detach()
+        self._armed = set()
+        self._norms_taken = False
+        if not self.cfg.enabled:
+            return
+        if _every(self.cfg.interval, iteration):
+            self._armed.add(ACTIVATIONS)
+        if _every(self.cfg.attention_interval, iteration) and self._attention_supported():
+            self._armed.add(ATTENTION)
+        if _every(self.cfg.weight_interval, iteration):
+            self._armed.add(WEIGHTS)
+        if self._armed:
+            self._buf.zero_()
+            self._pending.clear()
+            self._attach()
+
+    def after_backward(self, iteration: int) -> None:
+        """Per-layer gradient and parameter norms (squared sums on the device) when armed."""
+        if ACTIVATIONS not in self._armed:
+            return
+        with torch.no_grad():
+            grads = [t for _, t in self._static_grads]
+            grads += [lp.param.grad if lp.param.grad is not None else self._zero for lp in self._dynamic_grads]
+            self._add_squared_norms(grads, self._grad_index)
+            self._add_squared_norms([lp.param.detach() for lp in self._counted], self._param_index)
+        self._norms_taken = True
+
+    def end_step(self, iteration: int) -> dict[str, float]:
+        """Reduce across all ranks, copy to the host once, and return the named values ({} if idle)."""
+        armed = self._armed
+        self._detach()
+        self._armed = set()
+        if not armed:
+            return {}
+        with torch.no_grad():
+            self._pending.flush_into(self._buf)
+            if WEIGHTS in armed:
+                self._collect_weights()
+            self._buf.all_reduce_rest()
+        return format_values(self._buf.to_host(), activations=ACTIVATIONS in armed,
+                             norms=self._norms_taken, attention=ATTENTION in armed,
+                             weights=WEIGHTS in armed)
+
+    def remove(self) -> None:
+        """Detach every hook and wrapper; the model is as it was before."""
+        self._detach()
+        self._armed = set()
+
+    # --- hooks ---------------------------------------------------------------------------------
+
+    def _plan_hooks(self) -> None:
+        """Build every hook once; each collection step only registers and removes them."""
+        pre, post = "pre", "post"
+        self._activation_plan: list[tuple[torch.nn.Module, str, Callable]] = []
+        self._router_plan: list[tuple[torch.nn.Module, Callable]] = []
+        for layer in self._layers:
+            row = layer.layer_number - 1
+            self._activation_plan += [
+                (layer, pre, self._layer_input_hook),
+                (layer, post, self._layer_output_hook(row)),
+                (layer.self_attention, post, self._branch_hook(row, ATTN_BRANCH_STATS)),
+            ]
+            if not isinstance(layer.mlp, IdentityOp):
+                self._activation_plan.append((layer.mlp, post, self._branch_hook(row, MLP_BRANCH_STATS)))
+            router = getattr(layer.mlp, "router", None)
+            if router is not None:
+                counted = {name: 1.0 if group is None or getattr(router, group).rank() == 0 else 0.0
+                           for name, group in _AUX_SUM_GROUP.items()}
+                self._activation_plan += [(router, pre, self._router_pre_hook(row)),
+                                          (router, post, self._router_hook(row, counted))]
+                self._router_plan.append((router, self._logit_capture(router)))
+        self._activation_plan += [(norm, post, self._final_norm_hook()) for norm in self._final_norms]
+        self._attention_plan = [(layer.self_attention.core_attention, self._attention_hook(layer.layer_number - 1))
+                                for layer in self._layers]
+
+    def _attach(self) -> None:
+        register = self._handles.append
+        if ACTIVATIONS in self._armed:
+            for module, kind, hook in self._activation_plan:
+                if kind == "pre":
+                    register(module.register_forward_pre_hook(hook, with_kwargs=module in self._layer_set))
+                else:
+                    register(module.register_forward_hook(hook))
+            for router, capture in self._router_plan:
+                router.gating = capture
+                self._wrapped_routers.append(router)
+        if ATTENTION in self._armed and self._ranks.dp_cp == 0:
+            for core, hook in self._attention_plan:
+                register(core.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def _detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for router in self._wrapped_routers:
+            del router.gating
+        self._wrapped_routers = []
+        self._inputs.clear()
+        self._logits.clear()
+        self._aux_before.clear()
+        self._sampled.clear()
+
+    def _layer_input_hook(self, layer: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if _in_backward():
+            return
+        self._inputs[layer] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+    def _layer_output_hook(self, row: int) -> Callable:
+        sums, counts = self._activation_positions(row, LAYER_STATS)
+
+        def hook(layer: torch.nn.Module, args: tuple, output: Any) -> None:
+            if _in_backward():
+                return
+            h_in = self._inputs.pop(layer)
+            h_out = output[0] if isinstance(output, tuple) else output
+            with torch.no_grad():
+                terms = M.layer_output_terms(h_in, h_out).flatten(1)
+                self._pending.add(sums, terms.sum(dim=1, dtype=torch.float64))
+            self._pending.count(counts, terms.shape[1])
+        return hook
+
+    def _branch_hook(self, row: int, columns: slice) -> Callable:
+        sums, counts = self._activation_positions(row, columns)
+
+        def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            if _in_backward():
+                return
+            with torch.no_grad():
+                terms = M.branch_output_terms(_branch_output(output)).flatten(1)
+                self._pending.add(sums, terms.sum(dim=1, dtype=torch.float64))
+            self._pending.count(counts, terms.shape[1])
+        return hook
+
+    def _final_norm_hook(self) -> Callable:
+        sums, counts = self._activation_positions(self.num_layers - 1,
+                                                  slice(FINAL_NORM_STAT, FINAL_NORM_STAT + 1))
+
+        def hook(norm: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if _in_backward():
+                return
+            with torch.no_grad():
+                var = M.per_token_variance(output)
+                self._pending.add(sums, var.sum(dtype=torch.float64).reshape(1))
+            self._pending.count(counts, var.numel())
+        return hook
+
+    def _activation_positions(self, row: int, columns: slice) -> tuple[list[int], list[int]]:
+        return (self._buf.positions("act_sum")[row, columns].tolist(),
+                self._buf.positions("act_count")[row, columns].tolist())
+
+    # --- MoE router ----------------------------------------------------------------------------
+
+    def _logit_capture(self, router: torch.nn.Module) -> Callable:
+        """A stand-in for router.gating (set as an instance attribute while armed) that keeps the
+        logits for the router's forward hook."""
+        gating = router.gating  # the bound class method, which the instance attribute shadows
+
+        def capture_logits(input: torch.Tensor) -> torch.Tensor:
+            logits = gating(input)
+            if not _in_backward():
+                self._logits[router] = logits
+            return logits
+        return capture_logits
+
+    @staticmethod
+    def _tracked_aux_losses(router: torch.nn.Module) -> list[tuple[int, str]]:
+        """The tracker names megatron will add to during this router call (see router.py)."""
+        if not (router.training and torch.is_grad_enabled()):
+            return []
+        tracked = []
+        for i, name in enumerate(AUX_LOSSES):
+            if name == "z_loss":
+                on = router.config.moe_z_loss_coeff is not None
+            else:
+                on = hasattr(router, "get_aux_loss_coeff") and router.get_aux_loss_coeff(_AUX_TYPE[name]) > 0
+            if on:
+                tracked.append((i, name))
+        return tracked
+
+    def _router_pre_hook(self, row: int) -> Callable:
+        def hook(router: torch.nn.Module, args: tuple) -> None:
+            from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
+
+            tracker = get_moe_layer_wise_logging_tracker()
+            self._aux_before[router] = [
+                (i, name, tracker[name]["values"][row].detach().clone() if name in tracker else None)
+                for i, name in self._tracked_aux_losses(router)]
+        return hook
+
+    def _router_hook(self, row: int, count_weights: dict[str, float]) -> Callable:
+        aux_sums = self._buf.positions("aux_sum")[row].tolist()
+        aux_counts = self._buf.positions("aux_count")[row].tolist()
+        tokens = self._buf.positions("expert_tokens")[row].tolist()
+        entropy_sum, entropy_count = self._activation_positions(
+            row, slice(ROUTER_ENTROPY_STAT, ROUTER_ENTROPY_STAT + 1))
+
+        def hook(router: torch.nn.Module, args: tuple, output: Any) -> None:
+            from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
+
+            tracker = get_moe_layer_wise_logging_tracker()
+            with torch.no_grad():
+                for i, name, before in self._aux_before.pop(router, []):
+                    now = tracker[name]["values"][row]
+                    delta = now if before is None else now - before
+                    self._pending.add([aux_sums[i]], delta.double().reshape(1))
+                    self._pending.count([aux_counts[i]], count_weights[name])
+                if _in_backward():
+                    return
+                _, routing_map = output
+                self._pending.add(tokens, routing_map.sum(dim=0, dtype=torch.float64))
+                logits = self._logits.pop(router, None)
+                if logits is not None:
+                    entropy = M.per_token_router_entropy(logits.reshape(-1, logits.shape[-1]))
+                    self._pending.add(entropy_sum, entropy.sum(dtype=torch.float64).reshape(1))
+                    self._pending.count(entropy_count, entropy.numel())
+        return hook
+
+    # --- attention sample ----------------------------------------------------------------------
+
+    def _attention_supported(self) -> bool:
+        c = self._config
+        return getattr(c, "context_parallel_size", 1) == 1 and getattr(c, "window_size", None) is None
+
+    def _attention_hook(self, row: int) -> Callable:
+        def hook(core: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            if _in_backward() or core in self._sampled:
+                return
+            self._sampled.add(core)
+            mask_type = kwargs.get("attn_mask_type") or getattr(core, "attn_mask_type", None)
+            if mask_type != AttnMaskType.causal or kwargs.get("packed_seq_params") is not None:
+                return
+            query = args[0] if args else kwargs["query"]
+            key = args[1] if len(args) > 1 else kwargs["key"]
+            with torch.no_grad():
+                self._sample_attention(row, query, key)
+        return hook
+
+    def _sample_attention(self, row: int, query: torch.Tensor, key: torch.Tensor) -> None:
+        sq, sk, heads = query.shape[0], key.shape[0], query.shape[2]
+        nq = min(sq, self.cfg.attention_max_tokens)
+        q = query[sq - nq :, 0]
+        k = key[:, 0].repeat_interleave(heads // key.shape[2], dim=1)
+        scale = self._config.softmax_scale or query.shape[-1] ** -0.5
+        topk = self.cfg.attention_topk
+        entropy_rows = M.attention_valid_rows(nq, sk, 1)
+        topk_rows = M.attention_valid_rows(nq, sk, topk)
+        offset = self._ranks.tp * heads
+        chunk = max(1, _ATTENTION_CHUNK_BYTES // (4 * nq * sk))
+        where = self._buf.positions("attention")[row]
+        for h0 in range(0, heads, chunk):
+            h1 = min(heads, h0 + chunk)
+            probs = M.causal_attention_probs(q[:, h0:h1], k[:, h0:h1], scale)
+            span = slice(offset + h0, offset + h1)
+            if entropy_rows:
+                self._pending.add(where[span, ATTN_ENTROPY_SUM].tolist(),
+                                  M.attention_normalized_entropy(probs).double() * entropy_rows)
+                self._pending.count(where[span, ATTN_ENTROPY_ROWS].tolist(), entropy_rows)
+            if topk_rows:
+                self._pending.add(where[span, ATTN_TOPK_SUM].tolist(),
+                                  M.attention_topk_mass(probs, topk).double() * topk_rows)
+                self._pending.count(where[span, ATTN_TOPK_ROWS].tolist(), topk_rows)
+
+    # --- gradient, parameter and weight sums ---------------------------------------------------
+
+    def _build_norm_plan(self) -> None:
+        by_param = {lp.param: lp for lp in self._params}
+        self._static_grads: list[tuple[LayerParam, torch.Tensor]] = []
+        self._dynamic_grads: list[LayerParam] = []
+        covered: set[torch.nn.Parameter] = set()
+        for chunk in self._chunks:
+            ddp = getattr(chunk, "ddp_config", None)
+            if ddp is None:
+                continue
+            chunk_params = {p for p in chunk.parameters()}
+            wanted = {p: lp for p, lp in by_param.items() if p in chunk_params}
+            covered.update(wanted)
+            if ddp.use_distributed_optimizer:
+                self._static_grads += distributed_optimizer_grad_slices(chunk, wanted, self._ranks)
+            else:
+                self._static_grads += [(lp, lp.param.main_grad) for lp in wanted.values() if lp.counted]
+        self._dynamic_grads = [lp for lp in self._params if lp.param not in covered and lp.counted
+                               and lp.param.requires_grad]
+        self._counted = [lp for lp in self._params if lp.counted]
+        grad_rows = [lp.row for lp, _ in self._static_grads] + [lp.row for lp in self._dynamic_grads]
+        self._grad_index = self._index([2 * r for r in grad_rows])
+        self._param_index = self._index([2 * lp.row + 1 for lp in self._counted])
+        self._zero = torch.zeros(1, device=self._device)
+
+    def _build_weight_plan(self) -> None:
+        self._weights = [lp for lp in self._params if lp.counted and lp.family is not None]
+        families = len(WEIGHT_FAMILIES)
+        cells = [lp.row * families + WEIGHT_FAMILIES.index(lp.family) for lp in self._weights]
+        self._weight_cell = self._index(cells)
+        self._weight_numel = torch.tensor([float(lp.param.numel()) for lp in self._weights],
+                                          dtype=torch.float64, device=self._device)
+
+    def _index(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self._device)
+
+    def _add_squared_norms(self, tensors: list[torch.Tensor], index: torch.Tensor) -> None:
+        if not tensors:
+            return
+        norms = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).double()
+        self._buf.norm_sq.view(-1).index_add_(0, index, norms.square())
+
+    def _collect_weights(self) -> None:
+        """Weight sums, one all-reduce so RMS(W) is global, then the small-entry counts."""
+        sums = self._buf.weight_sums.view(-1, 3)
+        if self._weights:
+            ws = [lp.param.detach() for lp in self._weights]
+            l2 = torch.stack(torch._foreach_norm(ws, 2, dtype=torch.float32)).double()
+            l1 = torch.stack(torch._foreach_norm(ws, 1, dtype=torch.float32)).double()
+            sums[:, W_COUNT].index_add_(0, self._weight_cell, self._weight_numel)
+            sums[:, W_SUMSQ].index_add_(0, self._weight_cell, l2.square())
+            sums[:, W_L1].index_add_(0, self._weight_cell, l1)
+        self._buf.all_reduce_weight_sums()
+        if not self._weights:
+            return
+        rms = (sums[:, W_SUMSQ] / sums[:, W_COUNT].clamp_min(1)).sqrt()
+        threshold = (self.cfg.weight_eps * rms)[self._weight_cell].float()
+        small = torch.stack([M.count_small_weights(w, threshold[i]) for i, w in enumerate(ws)])
+        self._buf.weight_small.view(-1).index_add_(0, self._weight_cell, small.double())
