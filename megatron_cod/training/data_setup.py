@@ -44,5 +44,5 @@ def prepare_data(cfg: Any) -> TrainingData:
     num_samples = (max(t.train_iters, 1) * t.global_batch_size, t.eval_iters * t.global_batch_size,
                    max(t.eval_iters, 1) * t.global_batch_size)
     train, valid, test = build_gpt_datasets(data_path, split, cfg.model.seq_length, t.seed, tokenizer,
-                                            num_samples)
+                                            num_samples, create_attention_mask=False)
     return TrainingData(tokenizer=tokenizer, datasets={"train": train, "valid": valid, "test": test})
