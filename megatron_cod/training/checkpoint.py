@@ -93,7 +93,8 @@ def _sharded_state(model: list[torch.nn.Module], optimizer, scheduler, iteration
 
 def save_checkpoint(root: str | Path, iteration: int, model: list[torch.nn.Module], optimizer,
                     scheduler, consumed_samples: dict[str, int], config_yaml: str,
-                    parallel_layout: dict[str, int], tokenizer=None) -> Path:
+                    parallel_layout: dict[str, int], tokenizer=None,
+                    mlflow_run_id: str | None = None) -> Path:
     root = Path(root)
     final = iteration_dir(root, iteration)
     tmp = final.with_name(final.name + ".tmp")
@@ -111,7 +112,7 @@ def save_checkpoint(root: str | Path, iteration: int, model: list[torch.nn.Modul
     if rank0:
         (tmp / "config.yaml").write_text(config_yaml)
         meta = {"iteration": iteration, "consumed_samples": consumed_samples,
-                "parallel": parallel_layout, "format": "torch_dist"}
+                "parallel": parallel_layout, "format": "torch_dist", "mlflow_run_id": mlflow_run_id}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         if tokenizer is not None:
             tokenizer.save(tmp / "tokenizer")
@@ -127,17 +128,26 @@ def read_checkpoint_meta(ckpt_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(ckpt_dir) / META_FILE).read_text())
 
 
-def load_checkpoint(root: str | Path, model: list[torch.nn.Module], optimizer, scheduler,
+def resolve_checkpoint(path: str | Path) -> Path:
+    """An iteration directory from either a --save root (its latest iteration) or an iter_* dir."""
+    path = Path(path)
+    if (path / META_FILE).is_file():
+        return path
+    iteration = latest_iteration(path)
+    if iteration is None:
+        raise FileNotFoundError(f"{path}: not a megatron_cod checkpoint (no {TRACKER_FILE} or {META_FILE})")
+    return iteration_dir(path, iteration)
+
+
+def load_checkpoint(path: str | Path, model: list[torch.nn.Module], optimizer, scheduler,
                     parallel_layout: dict[str, int], load_optim: bool = True,
                     load_rng: bool = True) -> tuple[int, dict[str, int]]:
-    """Load the latest checkpoint under root; returns (iteration, consumed_samples).
+    """Load a checkpoint (a --save root's latest, or one iter_* dir); returns (iteration, consumed).
 
     RNG states are per rank, so they are restored only when the parallel layout is unchanged.
     """
-    iteration = latest_iteration(root)
-    if iteration is None:
-        raise FileNotFoundError(f"--load {root}: no {TRACKER_FILE} (not a megatron_cod checkpoint directory)")
-    ckpt_dir = iteration_dir(root, iteration)
+    ckpt_dir = resolve_checkpoint(path)
+    iteration = read_checkpoint_meta(ckpt_dir)["iteration"]
     meta = read_checkpoint_meta(ckpt_dir)
     with_rng = load_rng and meta["parallel"] == parallel_layout
     state = _sharded_state(model, optimizer, scheduler, iteration, {},

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
 import yaml
 from megatron.core import parallel_state as ps
 
@@ -72,6 +73,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.train_iters)
         self.iteration = 0
         self.consumed = {"train": 0}
+        self.mlflow_run_id: str | None = None
         self.layout = parallel_layout(cfg, ctx.world_size)
         self.dp_rank = ps.get_data_parallel_rank()
         self.n_micro = num_microbatches(cfg.train.global_batch_size, cfg.train.micro_batch_size,
@@ -93,7 +95,7 @@ class Trainer:
     def save(self, config_yaml: str) -> Path:
         return save_checkpoint(self.cfg.checkpoint.save, self.iteration, self.model, self.optimizer,
                                self.scheduler, self.consumed, config_yaml, self.layout,
-                               tokenizer=self.data.tokenizer)
+                               tokenizer=self.data.tokenizer, mlflow_run_id=self.mlflow_run_id)
 
     def evaluate(self) -> float | None:
         if self.data.datasets.get("valid") is None or self.cfg.train.eval_iters == 0:
@@ -127,6 +129,8 @@ def pretrain(cfg: Any, config_yaml: str | None = None) -> TrainingOutcome:
                                     tags={"megatron_cod.world_size": str(ctx.world_size)})
             outcome.run_id, outcome.tracking_uri = tracker.run_id, tracker.tracking_uri
             outcome.ui_hint = tracker.ui_hint()
+        # rank 0 writes checkpoint metadata; the run id lives on the logging rank
+        trainer.mlflow_run_id = _broadcast_from_rank(outcome.run_id, ctx.world_size - 1)
         exit_signal = ExitSignalHandler() if cfg.train.exit_signal_handler else None
         run_guard = (tracked_run(tracker, handle_sigterm=exit_signal is None) if tracker
                      else contextlib.nullcontext())
@@ -195,6 +199,12 @@ def _train(cfg: Any, trainer: Trainer, telemetry, tracker, outcome: TrainingOutc
     if trainer.iteration == 0 and cfg.checkpoint.save:
         _checkpoint(trainer, tracker, console, outcome, config_yaml)
     outcome.iteration = trainer.iteration
+
+
+def _broadcast_from_rank(value: Any, src: int) -> Any:
+    box = [value]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def _stop_reason(t: Any, iteration: int, exit_signal: ExitSignalHandler | None) -> str | None:
