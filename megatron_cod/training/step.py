@@ -43,6 +43,20 @@ class StepResult:
     skipped: bool
 
 
+def _run_schedule(stream, model: list[torch.nn.Module], num_microbatches: int, seq_length: int,
+                  micro_batch_size: int, forward_only: bool) -> list[dict]:
+    """One global batch through megatron's schedule (no pipelining, 1F1B, ... per parallel_state)."""
+    return get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=stream.next_global_batch(),
+        model=model,
+        num_microbatches=num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )
+
+
 def reduce_lm_loss(losses_reduced: list[dict]) -> torch.Tensor:
     """[sum, count] over micro-batches and data-parallel ranks (valid on the last pipeline stage)."""
     total = torch.zeros(2, device=device())
@@ -59,16 +73,8 @@ def train_step(stream, model: list[torch.nn.Module], optimizer, scheduler, num_m
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    data = stream.next_global_batch()
-    losses_reduced = get_forward_backward_func()(
-        forward_step_func=forward_step,
-        data_iterator=data,
-        model=model,
-        num_microbatches=num_microbatches,
-        seq_length=seq_length,
-        micro_batch_size=micro_batch_size,
-        forward_only=False,
-    )
+    losses_reduced = _run_schedule(stream, model, num_microbatches, seq_length, micro_batch_size,
+                                   forward_only=False)
     if after_backward is not None:
         after_backward()
     update_ok, grad_norm, _ = optimizer.step()
@@ -94,17 +100,8 @@ def evaluate(stream, model: list[torch.nn.Module], eval_iters: int, num_microbat
     total = torch.zeros(2, device=device())
     try:
         for _ in range(eval_iters):
-            data = stream.next_global_batch()
-            losses_reduced = get_forward_backward_func()(
-                forward_step_func=forward_step,
-                data_iterator=data,
-                model=model,
-                num_microbatches=num_microbatches,
-                seq_length=seq_length,
-                micro_batch_size=micro_batch_size,
-                forward_only=True,
-            )
-            total += reduce_lm_loss(losses_reduced)
+            total += reduce_lm_loss(_run_schedule(stream, model, num_microbatches, seq_length,
+                                                  micro_batch_size, forward_only=True))
     finally:
         for chunk in model:
             chunk.train()
