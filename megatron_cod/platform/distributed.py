@@ -28,16 +28,16 @@ def init_process_group(backend: str | None = None, timeout_minutes: int = 30) ->
     """
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    if "RANK" not in os.environ:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        os.environ["RANK"] = "0"
-        os.environ["WORLD_SIZE"] = "1"
-        os.environ["LOCAL_RANK"] = "0"
     backend = backend or default_backend()
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    if "RANK" in os.environ:
+        dist.init_process_group(backend=backend, timeout=timeout)
+    else:
+        # no environment changes: child processes (torchrun, tests) must not inherit a dead master
+        dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
+                                rank=0, world_size=1, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
 
 

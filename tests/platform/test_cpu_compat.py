@@ -94,3 +94,14 @@ def test_initialize_single_process_world_and_teardown():
     finally:
         platform.teardown()
     assert not dist.is_initialized()
+
+
+def test_single_process_world_leaves_the_environment_alone():
+    import os
+
+    before = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")}
+    platform.initialize(seed=1)
+    try:
+        assert {k: os.environ.get(k) for k in before} == before
+    finally:
+        platform.teardown()
