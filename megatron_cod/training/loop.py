@@ -129,6 +129,8 @@ def pretrain(cfg: Any, config_yaml: str | None = None) -> TrainingOutcome:
                                     tags={"megatron_cod.world_size": str(ctx.world_size)})
             outcome.run_id, outcome.tracking_uri = tracker.run_id, tracker.tracking_uri
             outcome.ui_hint = tracker.ui_hint()
+            (run_dir / "config.yaml").write_text(config_yaml)
+            tracker.log_artifact(run_dir / "config.yaml")
         # rank 0 writes checkpoint metadata; the run id lives on the logging rank
         trainer.mlflow_run_id = _broadcast_from_rank(outcome.run_id, ctx.world_size - 1)
         exit_signal = ExitSignalHandler() if cfg.train.exit_signal_handler else None

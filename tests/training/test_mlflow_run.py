@@ -39,6 +39,7 @@ def test_run_is_in_the_store_with_params_metrics_and_plots(tmp_path, builtin_dat
     assert history("depth/var_final_norm/layer_04") == tel_steps
     assert history("attn/entropy/layer_02") == [3, 6]
     assert history("weights/hoyer/layer_02/linear_qkv") == [3, 6]
+    assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/variance_vs_layer.png", "plots/last_layer_variance.png", "plots/variance_heatmap.png"} <= plots
 
