@@ -1,0 +1,102 @@
+"""Log an analysis report to MLflow: nested under a training run when given, else a run of its own.
+
+Tracking store: MLFLOW_TRACKING_URI when set, else ``sqlite:///<cwd>/mlflow.db`` with artifacts
+under ``<cwd>/mlartifacts``. A nested run lives in its parent's experiment and carries the tag
+``mlflow.parentRunId``. Scores go in as metrics (per-layer curves with step = layer), the
+configuration as params and the whole output directory as artifacts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from megatron_cod.analysis.errors import AnalysisError
+from megatron_cod.analysis.suite import SuiteResults
+
+_PARAM_LIMIT = 6000  # MLflow's maximum param value length
+
+
+def tracking_uri(cwd: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{cwd.resolve()}/mlflow.db"
+
+
+def _series(results: SuiteResults) -> dict[str, list[float]]:
+    """Per-layer curves worth plotting in the MLflow UI (index = step)."""
+    out: dict[str, list[float]] = {}
+    if results.jacobian is not None:
+        for variant in dict.fromkeys(e.variant for e in results.jacobian.layers):
+            out[f"layer/jacobian_{variant}_norm"] = [
+                e.scores.jacobian_norm.value for e in results.jacobian.for_variant(variant)
+            ]
+    if results.usefulness is not None:
+        out["layer/usefulness_loss_ratio"] = [r.loss_ratio for r in results.usefulness.layers]
+    if results.causal is not None:
+        out["layer/skip_kl"] = [s.kl for s in results.causal.skips]
+    if results.similarity is not None:
+        out["layer/block_influence"] = results.similarity.block_influence
+    if results.logit_lens is not None:
+        out["state/logit_lens_kl"] = [s.kl_to_final for s in results.logit_lens.states]
+    if results.variance is not None:
+        out["state/residual_variance"] = results.variance.variance
+    return out
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
+    else:
+        out[prefix] = str(value)[:_PARAM_LIMIT]
+
+
+def log_to_mlflow(
+    output_dir: Path,
+    results: SuiteResults,
+    params: dict[str, Any],
+    parent_run_id: str | None,
+    experiment: str,
+    run_name: str,
+) -> str:
+    """Create the run, log everything, close it; returns the new run id."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+    from mlflow.exceptions import MlflowException
+
+    cwd = Path.cwd()
+    client = MlflowClient(tracking_uri=tracking_uri(cwd))
+    try:
+        tags = {}
+        if parent_run_id is not None:
+            experiment_id = client.get_run(parent_run_id).info.experiment_id
+            tags["mlflow.parentRunId"] = parent_run_id
+        else:
+            found = client.get_experiment_by_name(experiment)
+            if found is not None:
+                experiment_id = found.experiment_id
+            elif "MLFLOW_TRACKING_URI" in os.environ:
+                experiment_id = client.create_experiment(experiment)
+            else:
+                experiment_id = client.create_experiment(experiment, artifact_location=(cwd / "mlartifacts").as_uri())
+        run = client.create_run(experiment_id, tags=tags, run_name=run_name)
+    except MlflowException as exc:
+        raise AnalysisError(f"MLflow: {exc.message}") from exc
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in results.global_metrics().items() if math.isfinite(v)]
+    for name, values in _series(results).items():
+        metrics += [Metric(name, v, now, step) for step, v in enumerate(values) if math.isfinite(v)]
+    metrics += [Metric(f"seconds/{k}", v, now, 0) for k, v in results.seconds.items()]
+    flat: dict[str, str] = {}
+    _flatten("", params, flat)
+    param_list = [Param(k, v) for k, v in flat.items()]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    for start in range(0, len(param_list), 100):
+        client.log_batch(run_id, params=param_list[start : start + 100])
+    client.log_artifacts(run_id, str(output_dir))
+    client.set_terminated(run_id)
+    return run_id

@@ -1,0 +1,107 @@
+"""The output directory: results.json, one CSV per table, PNG figures and summary.md.
+
+Everything is written into a hidden sibling directory that is renamed into place at the end, so
+an interrupted run never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from megatron_cod.analysis.errors import AnalysisError
+from megatron_cod.analysis.plots import PLOTS
+from megatron_cod.analysis.suite import SuiteResults
+from megatron_cod.analysis.tables import TABLES, jsonable, result_dict
+
+_PACKAGES = ("megatron_cod", "torch", "transformers", "megatron-core", "numpy", "tokenizers", "mlflow")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Fail early, before any computation, if the report would overwrite something unasked."""
+    if path.exists() and not overwrite:
+        raise AnalysisError(f"output directory {path} exists; pass --overwrite to replace it")
+    if path.exists() and not path.is_dir():
+        raise AnalysisError(f"output path {path} exists and is not a directory")
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows([["" if v is None else v for v in jsonable(row)] for row in rows])
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value is None or value != value else f"{value:.6g}"
+
+
+def _summary(results: SuiteResults, meta: dict[str, Any], figures: list[str], tables: list[str]) -> str:
+    model = meta.get("model", {})
+    data = meta.get("data", {})
+    lines = [
+        "# Depth-utilization analysis",
+        "",
+        f"- model: {model.get('source') or model.get('architecture')} ({model.get('num_layers')} layers, "
+        f"hidden {model.get('hidden_size')}, vocab {model.get('vocab_size')})",
+        f"- data: {data.get('num_samples')} x {data.get('seq_length')} tokens, split part "
+        f"{data.get('split_part')!r} of {data.get('split')!r}, seed {data.get('seed')}; output-distribution "
+        f"metrics use the first {data.get('loss_samples')} sequences, the Jacobian {data.get('jacobian_samples')}",
+        f"- metrics: {', '.join(results.present())}",
+        "",
+        "## Scores",
+        "",
+        "| score | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {_fmt(value)} |" for name, value in results.global_metrics().items()]
+    lines += ["", "## Wall time (s)", "", "| step | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in results.seconds.items()]
+    lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    lines += ["", "## Tables", ""] + [f"- [{t}]({t})" for t in tables] + ["- [results.json](results.json)", ""]
+    return "\n".join(lines)
+
+
+def write_report(path: Path, results: SuiteResults, meta: dict[str, Any], overwrite: bool) -> list[str]:
+    """Write the report to ``path`` atomically; returns the file names written."""
+    check_output_dir(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    figures: list[str] = []
+    tables: list[str] = []
+    payload: dict[str, Any] = {**jsonable(meta), "seconds": results.seconds, "global": jsonable(results.global_metrics())}
+    for metric, result in results.present().items():
+        payload[metric] = result_dict(result)
+        for name, (header, rows) in TABLES[metric](result).items():
+            _write_csv(staging / f"{name}.csv", header, rows)
+            tables.append(f"{name}.csv")
+        figures += PLOTS[metric](result, staging)
+    (staging / "results.json").write_text(json.dumps(payload, indent=2, allow_nan=False))
+    (staging / "summary.md").write_text(_summary(results, meta, figures, tables))
+    if path.exists():
+        retired = path.parent / f".{path.name}.old-{os.getpid()}"
+        path.rename(retired)
+        staging.rename(path)
+        shutil.rmtree(retired)
+    else:
+        staging.rename(path)
+    return ["results.json", "summary.md", *tables, *figures]
