@@ -23,12 +23,14 @@ from megatron_cod.analysis.evalset import EvalSet
 from megatron_cod.analysis.jacobian import MODES, VARIANTS, JacobianConfig
 from megatron_cod.analysis.loading import load_model
 from megatron_cod.analysis.logit_lens import LogitLensConfig
+from megatron_cod.analysis.mlflow_log import log_to_mlflow
 from megatron_cod.analysis.permutation import PermutationConfig, parse_pairs
 from megatron_cod.analysis.progress import NO_PROGRESS, RichProgress
 from megatron_cod.analysis.report import check_output_dir, package_versions, write_report
 from megatron_cod.analysis.residual import ResidualConfig
 from megatron_cod.analysis.similarity import SimilarityConfig
-from megatron_cod.analysis.suite import METRICS, SuiteConfig, run_suite
+from megatron_cod.analysis.suite import METRICS, SuiteConfig, SuiteResults, run_suite
+from megatron_cod.analysis.tables import jsonable
 from megatron_cod.analysis.usefulness import UsefulnessConfig
 
 _HELP = {
@@ -61,15 +63,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--split", help="train,valid,test document weights (default 949,50,1)")
     data.add_argument("--split-part", choices=SPLIT_PARTS, help="which part to evaluate on (default valid)")
     data.add_argument("--num-samples", type=_positive_int, default=64, help="sequences drawn (default 64)")
-    data.add_argument("--seq-length", type=_positive_int, default=512, help="tokens per sequence (default 512)")
+    data.add_argument("--seq-length", type=_positive_int,
+                      help="tokens per sequence (default: the checkpoint's training length, else 512)")
     data.add_argument("--batch-size", type=_positive_int, default=8)
     data.add_argument("--seed", type=int, default=0, help="seeds sampling and the random probes")
     data.add_argument(
         "--loss-samples",
         type=_positive_int,
-        default=8,
+        default=4,
         help="sequences (the first of the draw) for the metrics that evaluate the output distribution: "
-        "usefulness loss, causal, permutation, pruning curves, logit lens (default 8)",
+        "usefulness loss, causal, permutation, pruning curves, logit lens (default 4)",
     )
     data.add_argument("--cache-gb", type=float, default=2.0, help="memory for cached layer inputs (default 2)")
     out = parser.add_argument_group("output")
@@ -95,7 +98,9 @@ def _jacobian_args(parser: argparse.ArgumentParser) -> None:
 
 def _usefulness_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("usefulness")
-    group.add_argument("--usefulness-threshold", type=float, default=1.1, help="loss ratio above which a layer is useful")
+    group.add_argument(
+        "--usefulness-threshold", type=float, default=1.1, help="loss ratio above which a layer is useful"
+    )
     group.add_argument("--held-out-fit", action="store_true", help="fit on half the sequences, evaluate on the rest")
 
 
@@ -155,7 +160,8 @@ def _suite_config(args: argparse.Namespace, num_layers: int) -> SuiteConfig:
                 threshold=args.usefulness_threshold, held_out_fit=args.held_out_fit, eval_max_sequences=loss_cap
             )
         if hasattr(args, "pairs"):
-            kwargs["permutation"] = PermutationConfig(pairs=tuple(parse_pairs(args.pairs, num_layers)), max_sequences=loss_cap)
+            pairs = tuple(parse_pairs(args.pairs, num_layers))
+            kwargs["permutation"] = PermutationConfig(pairs=pairs, max_sequences=loss_cap)
         if hasattr(args, "no_pruning"):
             kwargs["similarity"] = SimilarityConfig(pruning=not args.no_pruning, prune_max_sequences=loss_cap)
     except ValueError as exc:
@@ -174,9 +180,11 @@ def _data_config(args: argparse.Namespace, defaults: dict[str, Any]) -> DataConf
     if args.data_prefix is None and args.text_file is None:
         if not defaults:
             raise AnalysisError("give evaluation data: --data-prefix PREFIX or --text-file FILE --tokenizer JSON")
-        given = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+        known = {k: v for k, v in defaults.items() if k in given}
+        given = {**known, **{k: v for k, v in given.items() if v is not None}}
     fields = {k: v for k, v in given.items() if v is not None}
-    return DataConfig(**fields, num_samples=args.num_samples, seq_length=args.seq_length, seed=args.seed)
+    seq_length = args.seq_length or defaults.get("seq_length", 512)
+    return DataConfig(**fields, num_samples=args.num_samples, seq_length=seq_length, seed=args.seed)
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -225,14 +233,14 @@ def run(args: argparse.Namespace) -> Path:
     return output_dir
 
 
-def log_report(args: argparse.Namespace, parent: str | None, output_dir: Path, results: Any, meta: dict) -> str:
-    from megatron_cod.analysis.mlflow_log import log_to_mlflow
-    from megatron_cod.analysis.tables import jsonable
-
+def log_report(
+    args: argparse.Namespace, parent: str | None, output_dir: Path, results: SuiteResults, meta: dict[str, Any]
+) -> str:
     params = {k: jsonable(meta[k]) for k in ("arguments", "model", "data")}
     params["data"].pop("chunks", None)
     run_name = f"depth-analysis-{args.command}-{output_dir.name}"
-    return log_to_mlflow(output_dir, results, params, args.mlflow_run_id or parent, args.mlflow_experiment, run_name)
+    return log_to_mlflow(output_dir, results, params, args.mlflow_run_id or parent, args.mlflow_experiment, run_name,
+                         parent_required=args.mlflow_run_id is not None)
 
 
 def main(argv: list[str] | None = None) -> int:

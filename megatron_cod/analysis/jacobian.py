@@ -4,6 +4,8 @@ Two variants (J[i, j] = d y_i / d x_j, averaged over the N = b*s tokens):
 - "cross" (the paper's): J = (1/N) sum_{b,t,t'} d y[b,t'] / d x[b,t]: cross-token terms included,
   i.e. the response of the summed output to shifting every input token by the same vector.
 - "position" (same-position): J = (1/N) sum_{b,t} d y[b,t] / d x[b,t].
+y is the layer's raw output for every layer, the last included (the paper's dense runs took the
+final-normed state there).
 
 Modes:
 - "exact": J row by row with one vector-Jacobian product per hidden unit (cross: d VJPs per batch

@@ -107,13 +107,16 @@ def load_megatron_stack(path: str | Path) -> tuple[MegatronLayerStack, dict[str,
 
 
 def _data_defaults(cfg: Any, ckpt_dir: Path) -> dict[str, Any]:
-    """The training data's held-out split, tokenized with the checkpoint's own tokenizer."""
+    """The training data's held-out split at the training sequence length (a blend gives no default
+    prefix: pass --data-prefix)."""
+    defaults: dict[str, Any] = {"tokenizer": str(ckpt_dir / "tokenizer"), "seq_length": cfg.model.seq_length}
     if cfg.data.data_path:
         paths = list(cfg.data.data_path)
-        if len(paths) != 1:
-            return {"tokenizer": str(ckpt_dir / "tokenizer")}
-        return {"data_prefix": paths[0], "split": cfg.data.split, "tokenizer": str(ckpt_dir / "tokenizer")}
+        if len(paths) == 1:
+            defaults.update(data_prefix=paths[0], split=cfg.data.split)
+        return defaults
     from megatron_cod.data.builtin import ensure_builtin_dataset
 
     builtin = ensure_builtin_dataset(cfg.data.builtin, show_progress=False)
-    return {"data_prefix": builtin.data_prefix, "split": builtin.split, "tokenizer": str(ckpt_dir / "tokenizer")}
+    defaults.update(data_prefix=builtin.data_prefix, split=builtin.split)
+    return defaults

@@ -53,6 +53,19 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = str(value)[:_PARAM_LIMIT]
 
 
+def _find_run(client, run_id: str | None, required: bool):
+    from mlflow.exceptions import MlflowException
+
+    if run_id is None:
+        return None
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        if required:
+            raise
+        return None
+
+
 def log_to_mlflow(
     output_dir: Path,
     results: SuiteResults,
@@ -60,8 +73,13 @@ def log_to_mlflow(
     parent_run_id: str | None,
     experiment: str,
     run_name: str,
+    parent_required: bool = True,
 ) -> str:
-    """Create the run, log everything, close it; returns the new run id."""
+    """Create the run, log everything, close it; returns the new run id.
+
+    A parent that is only known from a checkpoint (parent_required False) may live in another
+    store; then the run is top-level and records the training run id as a tag.
+    """
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
     from mlflow.exceptions import MlflowException
@@ -70,10 +88,13 @@ def log_to_mlflow(
     client = MlflowClient(tracking_uri=tracking_uri(cwd))
     try:
         tags = {}
-        if parent_run_id is not None:
-            experiment_id = client.get_run(parent_run_id).info.experiment_id
+        parent = _find_run(client, parent_run_id, parent_required)
+        if parent is not None:
+            experiment_id = parent.info.experiment_id
             tags["mlflow.parentRunId"] = parent_run_id
         else:
+            if parent_run_id is not None:
+                tags["megatron_cod.training_run_id"] = parent_run_id
             found = client.get_experiment_by_name(experiment)
             if found is not None:
                 experiment_id = found.experiment_id

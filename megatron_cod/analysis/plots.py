@@ -55,7 +55,9 @@ def plot_jacobian(result: JacobianResult, out: Path) -> list[str]:
         ax.set_xlabel("layer")
         ax.legend()
     ax = axes.flat[3]
-    spectral = [(r.layer, r.scores.spectral_norm, r.variant) for r in result.layers if r.scores.spectral_norm is not None]
+    spectral = [
+        (r.layer, r.scores.spectral_norm, r.variant) for r in result.layers if r.scores.spectral_norm is not None
+    ]
     if spectral:
         for variant in dict.fromkeys(v for _, _, v in spectral):
             pts = [(l, s) for l, s, v in spectral if v == variant]
@@ -105,7 +107,8 @@ def plot_causal(result: CausalResult, out: Path) -> list[str]:
     n = result.matrix.shape[0]
     shown = np.where(np.triu(np.ones((n, n)), k=1) > 0, result.matrix, np.nan)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    _heatmap(ax, shown, f"Causal effect C[s, l] (score {result.score:.3f})", "affected layer l", "skipped layer s", "viridis")
+    title = f"Causal effect C[s, l] (score {result.score:.3f})"
+    _heatmap(ax, shown, title, "affected layer l", "skipped layer s", "viridis")
     _save(fig, out / "causal_matrix.png")
     fig, ax1 = plt.subplots(figsize=(9, 4.5))
     layers = [s.layer for s in result.skips]
@@ -144,15 +147,17 @@ def plot_similarity(result: SimilarityResult, out: Path) -> list[str]:
     files.append("block_influence.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, matrix, title in ((axes[0], result.angular_last, "last token"), (axes[1], result.angular_all, "all tokens")):
+    panels = ((axes[0], result.angular_last, "last token"), (axes[1], result.angular_all, "all tokens"))
+    for ax, matrix, title in panels:
         _heatmap(ax, matrix.T, f"Angular distance d(l, n), {title}", "start layer l", "block size n", "viridis", 1)
     _save(fig, out / "angular_distance.png")
     files.append("angular_distance.png")
 
     if result.pruning_bi:
         fig, ax = plt.subplots(figsize=(8, 4.5))
-        for steps, label in ((result.pruning_bi, "Block-Influence order"), (result.pruning_angular, "angular block")):
-            ax.plot([s.num_removed for s in steps], [s.perplexity for s in steps], marker="o", label=label)
+        curves = ((result.pruning_bi, "Block-Influence order", "o-"), (result.pruning_angular, "angular block", "s--"))
+        for steps, label, style in curves:
+            ax.plot([s.num_removed for s in steps], [s.perplexity for s in steps], style, label=label)
         ax.set_yscale("log")
         ax.set_xlabel("layers removed")
         ax.set_ylabel("perplexity")

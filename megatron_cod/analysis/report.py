@@ -88,7 +88,11 @@ def write_report(path: Path, results: SuiteResults, meta: dict[str, Any], overwr
     staging.mkdir()
     figures: list[str] = []
     tables: list[str] = []
-    payload: dict[str, Any] = {**jsonable(meta), "seconds": results.seconds, "global": jsonable(results.global_metrics())}
+    payload: dict[str, Any] = {
+        **jsonable(meta),
+        "seconds": results.seconds,
+        "global": jsonable(results.global_metrics()),
+    }
     for metric, result in results.present().items():
         payload[metric] = result_dict(result)
         for name, (header, rows) in TABLES[metric](result).items():

@@ -133,17 +133,15 @@ def similarity_scores(
     pruning_angular: list[PruneStep] = []
     if config.pruning and num_layers > 1:
         prune_stop = evalset.limit(config.prune_max_sequences)
-        baseline = PruneStep([], evalset.baseline_loss(0, prune_stop))
         order = bi_removal_order(bi_all_list)
         bi_sets = [sorted(order[:k]) for k in range(1, num_layers)]
         block_sets = angular_blocks(ang_last)
         total = evalset.num_batches(0, prune_stop) * (len(bi_sets) + len(block_sets))
         with torch.no_grad(), progress.task("pruning", total) as advance:
             losses = _pruned_losses(evalset, bi_sets + block_sets, prune_stop, advance)
-        pruning_bi = [PruneStep(r, loss) for r, loss in zip(bi_sets, losses[: len(bi_sets)])]
-        pruning_angular = [PruneStep(r, loss) for r, loss in zip(block_sets, losses[len(bi_sets) :])]
-        pruning_bi.insert(0, baseline)
-        pruning_angular.insert(0, baseline)
+        unpruned = PruneStep([], evalset.baseline_loss(0, prune_stop))
+        pruning_bi = [unpruned] + [PruneStep(r, loss) for r, loss in zip(bi_sets, losses)]
+        pruning_angular = [unpruned] + [PruneStep(r, loss) for r, loss in zip(block_sets, losses[len(bi_sets) :])]
     return SimilarityResult(
         block_influence=bi_all_list,
         block_influence_last=(bi_last / sequences).tolist(),

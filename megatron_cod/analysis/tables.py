@@ -73,7 +73,10 @@ def jacobian_tables(result: JacobianResult) -> dict[str, Table]:
 
 def usefulness_tables(result: UsefulnessResult) -> dict[str, Table]:
     header = ["layer", "loss", "loss_ratio", "loss_increase", "useful", "fit_relative_residual"]
-    rows = [[r.layer, r.loss, r.loss_ratio, r.loss_increase, int(r.useful), r.fit_relative_residual] for r in result.layers]
+    rows = [
+        [r.layer, r.loss, r.loss_ratio, r.loss_increase, int(r.useful), r.fit_relative_residual]
+        for r in result.layers
+    ]
     return {"usefulness": (header, rows)}
 
 

@@ -8,9 +8,11 @@ paper's code put W (not W^T) into nn.Linear.weight and so applied x W^T + b.
 
 The fit accumulates the normal equations [x, 1]^T [x, 1] and [x, 1]^T y in float64 over batches
 and solves them with a rank-revealing least-squares solver (the minimum-norm solution when
-the tokens do not determine W). The paper evaluates on the fitting tokens; ``held_out_fit`` fits on
-the first part of the sequences and evaluates (baseline included) on the rest. The fit always
-uses every sequence it may; ``eval_max_sequences`` caps the (costly) evaluated part.
+the tokens do not determine W). The target is the raw layer output for every layer (the paper's
+dense runs fitted the last layer to the final-normed state). The paper evaluates on the fitting
+tokens; ``held_out_fit`` fits on the first part of the sequences and evaluates (baseline
+included) on the rest. The fit always uses every sequence it may; ``eval_max_sequences`` caps
+the (costly) evaluated part.
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ def test_exact_mode_matches_autograd_jacobian(family, tiny_hf_model, token_ids):
                 assert getattr(scores, name).value == pytest.approx(ref[name], rel=1e-5)
                 assert getattr(scores, name).stderr == 0.0
             assert scores.spectral_norm == pytest.approx(ref["spectral_norm"], rel=1e-5)
-            torch.testing.assert_close(torch.tensor(scores.diagonal, dtype=torch.float64), torch.diagonal(j), rtol=1e-5, atol=1e-7)
+            diagonal = torch.tensor(scores.diagonal, dtype=torch.float64)
+            torch.testing.assert_close(diagonal, torch.diagonal(j), rtol=1e-5, atol=1e-7)
     # The two variants differ for attention layers: cross-token terms are real.
     assert result.layers[0].scores.jacobian_norm.value != pytest.approx(
         result.for_variant("position")[0].scores.jacobian_norm.value, rel=1e-3

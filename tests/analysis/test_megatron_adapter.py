@@ -74,3 +74,31 @@ def test_pipeline_parallel_checkpoint_loads_single_rank(tmp_path, builtin_datase
     ids = torch.randint(0, 4096, (1, 8))
     logits = stack.head(stack.capture_states(ids, stack.prepare(ids))[-1])
     assert logits.shape == (1, 8, 4096) and torch.isfinite(logits).all()
+
+
+def test_cli_all_on_a_training_checkpoint_nests_under_the_training_run(tmp_path, builtin_dataset, monkeypatch):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from megatron_cod.analysis.cli import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ckpt = tmp_path / "ckpt"
+    args = [a for a in SCHEDULE if a != "--no-mlflow"]
+    train(tmp_path, "trained", TINY_MOE + args + ["--train-iters", "2", "--save", str(ckpt)],
+          env={"MLFLOW_TRACKING_URI": uri})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = tmp_path / "report"
+    assert main(["all", "--checkpoint", str(ckpt), "--output-dir", str(out), "--num-samples", "4",
+                 "--batch-size", "2", "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"]["adapter"] == "megatron" and results["model"]["iteration"] == 2
+    assert "usefulness" in results and "causal" in results
+    assert (out / "summary.md").is_file() and (out / "causal_matrix.png").is_file()
+    client = MlflowClient(tracking_uri=uri)
+    (training,) = client.search_runs([client.get_experiment_by_name("megatron_cod").experiment_id],
+                                     "attributes.run_name = 'trained'")
+    children = client.search_runs([training.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{training.info.run_id}'")
+    assert len(children) == 1 and any(k.startswith("usefulness") for k in children[0].data.metrics)
