@@ -34,7 +34,7 @@ MODEL_ARGS=(
 TRAINING_ARGS=(
   --micro-batch-size "${MICRO_BATCH_SIZE:-4}"
   --global-batch-size "${GLOBAL_BATCH_SIZE:-8}"
-  --train-iters "${TRAIN_ITERS:-300}"
+  --train-iters "${TRAIN_ITERS:-200}"
   --lr "${LR:-3e-3}"
   --min-lr "${MIN_LR:-3e-4}"
   --lr-warmup-iters "${WARMUP_ITERS:-20}"
@@ -57,7 +57,7 @@ EVAL_AND_CHECKPOINT_ARGS=(
   --eval-interval "${EVAL_INTERVAL:-100}"
   --eval-iters "${EVAL_ITERS:-10}"
   --save "$SAVE_DIR"
-  --save-interval "${SAVE_INTERVAL:-150}"
+  --save-interval "${SAVE_INTERVAL:-100}"
 )
 # Megatron convention: pointing --load at the --save directory resumes an interrupted run.
 if [ -f "$SAVE_DIR/latest_checkpointed_iteration.txt" ]; then EVAL_AND_CHECKPOINT_ARGS+=(--load "$SAVE_DIR"); fi
