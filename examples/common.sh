@@ -57,8 +57,9 @@ EVAL_AND_CHECKPOINT_ARGS=(
   --eval-interval "${EVAL_INTERVAL:-100}"
   --eval-iters "${EVAL_ITERS:-10}"
   --save "$SAVE_DIR"
-  --save-interval "${SAVE_INTERVAL:-100}"
 )
+# periodic saves on request (a checkpoint is always written at the end)
+if [ -n "${SAVE_INTERVAL:-}" ]; then EVAL_AND_CHECKPOINT_ARGS+=(--save-interval "$SAVE_INTERVAL"); fi
 # Megatron convention: pointing --load at the --save directory resumes an interrupted run.
 if [ -f "$SAVE_DIR/latest_checkpointed_iteration.txt" ]; then EVAL_AND_CHECKPOINT_ARGS+=(--load "$SAVE_DIR"); fi
 LOGGING_ARGS=(
