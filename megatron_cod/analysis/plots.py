@@ -110,19 +110,33 @@ def plot_causal(result: CausalResult, out: Path) -> list[str]:
     title = f"Causal effect C[s, l] (score {result.score:.3f})"
     _heatmap(ax, shown, title, "affected layer l", "skipped layer s", "viridis")
     _save(fig, out / "causal_matrix.png")
+    skips = result.skips
+    _kl_with_agreement(
+        [s.layer for s in skips], [s.kl for s in skips], [s.top1_agreement for s in skips],
+        bars=True, kl_label="KL(p_base || p_skip)", xlabel="skipped layer", ylabel="KL (nats)",
+        title="Output change when one layer is skipped", legend_loc="upper right",
+        path=out / "causal_output_change.png",
+    )
+    return ["causal_matrix.png", "causal_output_change.png"]
+
+
+def _kl_with_agreement(x: list, kl: list[float], agreement: list[float], *, bars: bool, kl_label: str,
+                       xlabel: str, ylabel: str, title: str, legend_loc: str, path: Path) -> None:
+    """KL on the left axis, top-1 agreement (0..1) on the right: the causal and logit-lens views."""
     fig, ax1 = plt.subplots(figsize=(9, 4.5))
-    layers = [s.layer for s in result.skips]
-    ax1.bar(layers, [s.kl for s in result.skips], color="tab:blue", label="KL(p_base || p_skip)")
-    ax1.set_xlabel("skipped layer")
-    ax1.set_ylabel("KL (nats)")
+    if bars:
+        ax1.bar(x, kl, color="tab:blue", label=kl_label)
+    else:
+        ax1.plot(x, kl, marker="o", color="tab:blue", label=kl_label)
+    ax1.set_xlabel(xlabel)
+    ax1.set_ylabel(ylabel)
     ax2 = ax1.twinx()
-    ax2.plot(layers, [s.top1_agreement for s in result.skips], color="tab:orange", marker="o", label="top-1 agreement")
+    ax2.plot(x, agreement, color="tab:orange", marker="o" if bars else "s", label="top-1 agreement")
     ax2.set_ylabel("top-1 agreement")
     ax2.set_ylim(0, 1.05)
-    fig.legend(loc="upper right")
-    ax1.set_title("Output change when one layer is skipped")
-    _save(fig, out / "causal_output_change.png")
-    return ["causal_matrix.png", "causal_output_change.png"]
+    fig.legend(loc=legend_loc)
+    ax1.set_title(title)
+    _save(fig, path)
 
 
 def plot_permutation(result: PermutationResult, out: Path) -> list[str]:
@@ -169,18 +183,13 @@ def plot_similarity(result: SimilarityResult, out: Path) -> list[str]:
 
 
 def plot_logit_lens(result: LogitLensResult, out: Path) -> list[str]:
-    fig, ax1 = plt.subplots(figsize=(9, 4.5))
-    states = [s.state for s in result.states]
-    ax1.plot(states, [s.kl_to_final for s in result.states], marker="o", color="tab:blue", label="KL to final")
-    ax1.set_xlabel("residual state (0 = embeddings, l + 1 = after layer l)")
-    ax1.set_ylabel("KL(p_final || p_l) (nats)")
-    ax2 = ax1.twinx()
-    ax2.plot(states, [s.top1_agreement for s in result.states], marker="s", color="tab:orange", label="top-1 agreement")
-    ax2.set_ylabel("top-1 agreement")
-    ax2.set_ylim(0, 1.05)
-    fig.legend(loc="center right")
-    ax1.set_title("Logit lens")
-    _save(fig, out / "logit_lens.png")
+    states = result.states
+    _kl_with_agreement(
+        [s.state for s in states], [s.kl_to_final for s in states], [s.top1_agreement for s in states],
+        bars=False, kl_label="KL to final", xlabel="residual state (0 = embeddings, l + 1 = after layer l)",
+        ylabel="KL(p_final || p_l) (nats)", title="Logit lens", legend_loc="center right",
+        path=out / "logit_lens.png",
+    )
     return ["logit_lens.png"]
 
 

@@ -74,6 +74,16 @@ def test_pipeline_parallel_checkpoint_loads_single_rank(tmp_path, builtin_datase
     ids = torch.randint(0, 4096, (1, 8))
     logits = stack.head(stack.capture_states(ids, stack.prepare(ids))[-1])
     assert logits.shape == (1, 8, 4096) and torch.isfinite(logits).all()
+    # the weights are the trained ones, not a fresh initialisation from the same seed
+    from megatron_cod.config import ExperimentConfig
+    import yaml
+    from megatron_cod.training.checkpoint import resolve_checkpoint
+    cfg = ExperimentConfig.from_dict(yaml.safe_load((resolve_checkpoint(ckpt) / "config.yaml").read_text()))
+    platform.seed_everything(cfg.train.seed)
+    fresh = build_gpt_model(cfg.model, 4096, ParallelConfig())
+    trained = dict(stack.model.named_parameters())
+    changed = [n for n, p in fresh.named_parameters() if not torch.equal(p, trained[n])]
+    assert len(changed) == len(trained)
 
 
 def test_cli_all_on_a_training_checkpoint_nests_under_the_training_run(tmp_path, builtin_dataset, monkeypatch):
