@@ -83,6 +83,10 @@ class JacobianResult:
             out.update(
                 {
                     f"jacobian_{variant}_mean_norm": float(np.mean([r.scores.jacobian_norm.value for r in rows])),
+                    # how close the deep half sits to the identity: the curse of depth's signature
+                    f"jacobian_{variant}_last_half_mean_norm": float(
+                        np.mean([r.scores.jacobian_norm.value for r in rows[len(rows) // 2 :]])
+                    ),
                     f"jacobian_{variant}_mean_off_diagonal_norm": float(
                         np.mean([r.scores.off_diagonal_norm.value for r in rows])
                     ),

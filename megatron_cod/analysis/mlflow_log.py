@@ -16,6 +16,7 @@ from typing import Any
 
 from megatron_cod.analysis.errors import AnalysisError
 from megatron_cod.analysis.suite import SuiteResults
+from megatron_cod.tracking import tags as run_tags
 
 _PARAM_LIMIT = 6000  # MLflow's maximum param value length
 
@@ -87,11 +88,11 @@ def log_to_mlflow(
     cwd = Path.cwd()
     client = MlflowClient(tracking_uri=tracking_uri(cwd))
     try:
-        tags = {}
+        tags = {run_tags.KIND: run_tags.KIND_ANALYSIS}
         parent = _find_run(client, parent_run_id, parent_required)
         if parent is not None:
             experiment_id = parent.info.experiment_id
-            tags["mlflow.parentRunId"] = parent_run_id
+            tags[run_tags.PARENT_RUN] = parent_run_id
         else:
             if parent_run_id is not None:
                 tags["megatron_cod.training_run_id"] = parent_run_id

@@ -61,11 +61,30 @@ class SimilarityResult:
     pruning_angular: list[PruneStep]
 
     def global_metrics(self) -> dict[str, float]:
-        return {
+        out = {
             "mean_block_influence": float(np.mean(self.block_influence)),
             "mean_block_influence_last": float(np.mean(self.block_influence_last)),
             "mean_angular_distance_n1": float(np.mean(self.angular_all[:, 0])),
         }
+        if self.pruning_bi:
+            out["prunable_fraction_bi"] = prunable_fraction(self.pruning_bi, len(self.block_influence))
+        return out
+
+
+# A pruned model "keeps" its quality while its loss is within 5% of the unpruned loss.
+PRUNE_LOSS_TOLERANCE = 0.05
+
+
+def prunable_fraction(curve: list[PruneStep], num_layers: int, tolerance: float = PRUNE_LOSS_TOLERANCE) -> float:
+    """Largest n/L such that removing the first n layers of the curve, and every prefix before it,
+    keeps the loss within (1 + tolerance) x the unpruned loss (curve[0] removes nothing)."""
+    limit = curve[0].loss * (1.0 + tolerance)
+    kept = 0
+    for step in curve[1:]:
+        if step.loss > limit:
+            break
+        kept = step.num_removed
+    return kept / num_layers
 
 
 def bi_removal_order(block_influence: list[float]) -> list[int]:

@@ -20,9 +20,24 @@ class LoggingConfig:
     wandb_project: str | None = option(None, help="W&B project (None: no W&B logging)")
     wandb_mode: str = option("offline", help="W&B mode", choices=("online", "offline", "disabled"))
     journal: bool = option(True, help="write <run_dir>/metrics.jsonl")
+    run_tags: list[str] = option(
+        help="extra MLflow/W&B run tags as KEY=VALUE (cod-sweep sets its member and seed this way)",
+        default_factory=list)
 
     def __post_init__(self) -> None:
         validate_fields(self)
         for name in ("output_dir", "mlflow_experiment"):
             if not getattr(self, name).strip():
                 raise ConfigError(f"{name.replace('_', '-')} must not be empty")
+        parse_run_tags(self.run_tags)
+
+
+def parse_run_tags(items: list[str]) -> dict[str, str]:
+    """{"k": "v"} from ["k=v", ...]; a ConfigError for an item without '=' or without a key."""
+    tags: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"run-tags must be KEY=VALUE, got {item!r}")
+        tags[key.strip()] = value
+    return tags

@@ -8,10 +8,11 @@ from pathlib import Path
 from megatron_cod.config import LoggingConfig
 from megatron_cod.tracking.journal import JOURNAL_NAME, JsonlJournal
 from megatron_cod.tracking.mlflow_sink import MlflowSink
+from megatron_cod.tracking import tags
 from megatron_cod.tracking.sink import RUN_STATUSES, RunStatus, Sink
 from megatron_cod.tracking.wandb_sink import WandbSink, import_wandb
 
-RUN_DIR_TAG = "megatron_cod.run_dir"
+RUN_DIR_TAG = tags.RUN_DIR
 
 
 def _as_text(values: dict[str, object]) -> dict[str, str]:

@@ -1,0 +1,24 @@
+"""The MLflow tag names megatron_cod sets, in one place, so `cod-compare` and `cod-sweep` find runs by them.
+
+Every run says what produced it (KIND); nested runs (analysis, eval, export) also carry MLflow's
+own ``mlflow.parentRunId`` pointing at the training run they belong to.
+"""
+
+from __future__ import annotations
+
+KIND = "megatron_cod.kind"
+KIND_TRAIN = "train"
+KIND_ANALYSIS = "analysis"
+KIND_EVAL = "eval"
+KIND_EXPORT = "export"
+KIND_COMPARISON = "comparison"
+
+PARENT_RUN = "mlflow.parentRunId"
+RUN_DIR = "megatron_cod.run_dir"
+CONFIG_HASH = "megatron_cod.config_hash"
+SEED = "megatron_cod.seed"
+SWEEP = "megatron_cod.sweep"
+SWEEP_MEMBER = "megatron_cod.sweep_member"
+COMPARED_RUNS = "megatron_cod.compared_runs"
+COMPARISON_RUN = "megatron_cod.comparison_run"
+
