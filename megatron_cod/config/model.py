@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 from megatron_cod.config.errors import ConfigError
 from megatron_cod.config.fields import NON_NEGATIVE, POSITIVE, option, validate_fields
 
 SWIGLU_FFN_MULTIPLE = 64
+NORM_PLACEMENTS = ("pre", "post", "peri", "mix")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,15 @@ class ModelConfig:
     hidden_dropout: float = option(0.0, help="dropout on residual branches")
     attention_dropout: float = option(0.0, help="dropout on attention probabilities")
     layernorm_scaling: bool = option(False, help="LayerNorm Scaling: scale norm outputs by 1/sqrt(layer_number)")
+    norm_placement: str = option(
+        "pre",
+        help="where the norms sit: pre (Pre-LN), post (Post-LN, h+F(h) then norm), peri (Peri-LN, norm on "
+        "each sublayer's input and output), mix (Mix-LN: Post-LN in the first floor(mix-ln-alpha x num-layers) "
+        "layers, Pre-LN after)",
+        choices=NORM_PLACEMENTS,
+    )
+    mix_ln_alpha: float = option(0.25, help="Mix-LN: fraction of the layers, from the bottom, that are Post-LN")
+    peri_ln_embedding_norm: bool = option(False, help="Peri-LN: also normalise the embedding output")
     num_experts: int | None = option(None, help="experts per MoE layer (None: dense model)", bound=POSITIVE)
     moe_router_topk: int = option(2, help="experts per token", bound=POSITIVE)
     moe_ffn_hidden_size: int | None = option(None, help="expert inner width (None: ffn-hidden-size)", bound=POSITIVE)
@@ -71,6 +82,7 @@ class ModelConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
         self._check_moe()
         self._check_recompute()
+        self._check_norm_placement()
 
     def _check_query_groups(self) -> None:
         heads, groups = self.num_attention_heads, self.num_query_groups
@@ -108,6 +120,30 @@ class ModelConfig:
             raise ConfigError(
                 "--recompute-method and --recompute-num-layers apply only to --recompute-granularity full"
             )
+
+    def _check_norm_placement(self) -> None:
+        placement = self.norm_placement
+        if not 0.0 < self.mix_ln_alpha < 1.0:
+            raise ConfigError(f"mix-ln-alpha must be in (0, 1), got {self.mix_ln_alpha}")
+        if placement == "mix" and self.mix_ln_post_layers == 0:
+            raise ConfigError(
+                f"--norm-placement mix with mix-ln-alpha {self.mix_ln_alpha} and num-layers {self.num_layers} "
+                "has no Post-LN layer (floor(alpha x num-layers) = 0): raise --mix-ln-alpha or use pre"
+            )
+        if self.peri_ln_embedding_norm and placement != "peri":
+            raise ConfigError(f"--peri-ln-embedding-norm needs --norm-placement peri (got {placement})")
+        # Sun et al. define LNS on the normalised input of a Pre-LN sublayer: Post-LN has no such norm,
+        # and Peri-LN's output norm rescales the branch again, undoing the 1/sqrt(l) input scale.
+        if self.layernorm_scaling and placement in ("post", "peri"):
+            raise ConfigError(
+                f"--layernorm-scaling with --norm-placement {placement} is not meaningful: LayerNorm Scaling "
+                "scales the input norm of Pre-LN sublayers (use it with pre or mix)"
+            )
+
+    @property
+    def mix_ln_post_layers(self) -> int:
+        """Mix-LN's Post-LN layer count floor(alpha x L), exact for the decimal alpha as written (0.29 x 100 = 29)."""
+        return int(Fraction(repr(self.mix_ln_alpha)) * self.num_layers)
 
     @property
     def is_moe(self) -> bool:

@@ -1,4 +1,4 @@
-"""Build a megatron GPTModel from our ModelConfig: Pre-LN RMSNorm, SwiGLU, RoPE, untied embeddings."""
+"""Build a megatron GPTModel from our ModelConfig: RMSNorm (Pre-LN by default), SwiGLU, RoPE, untied embeddings."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state as ps
 from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.spec_utils import build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_cod.models.specs import build_block_spec, layer_variants, transformer_engine_usable
+from megatron_cod.models.placement import attach_embedding_norm, norm_placement
+from megatron_cod.models.specs import build_block_spec, layer_variants, standalone_norm, transformer_engine_usable
 
 VOCAB_PADDING_MULTIPLE = 128
 
@@ -105,9 +107,10 @@ def build_gpt_model(model_cfg: Any, vocab_size: int, parallel_cfg: Any | None = 
         pre_process = ps.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     if post_process is None:
         post_process = ps.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
+    placement = norm_placement(model_cfg)
     model = GPTModel(
         config=config,
-        transformer_layer_spec=build_block_spec(config, te, layer_variants(model_cfg), vp_stage),
+        transformer_layer_spec=build_block_spec(config, te, layer_variants(model_cfg), vp_stage, placement),
         vocab_size=padded_vocab_size(vocab_size, parallel_cfg.tensor_model_parallel_size),
         max_sequence_length=model_cfg.max_position_embeddings or model_cfg.seq_length,
         pre_process=pre_process,
@@ -118,6 +121,10 @@ def build_gpt_model(model_cfg: Any, vocab_size: int, parallel_cfg: Any | None = 
         rotary_base=model_cfg.rotary_base,
         vp_stage=vp_stage,
     )
+    if placement.embedding_norm and pre_process:
+        attach_embedding_norm(model.embedding, build_module(standalone_norm(config, te), config=config,
+                                                            hidden_size=config.hidden_size,
+                                                            eps=config.layernorm_epsilon))
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     return model

@@ -31,12 +31,20 @@ def layernorm_scaling_factor(layer_number: int) -> float:
 
 
 def apply_layernorm_scaling(layer: torch.nn.Module) -> None:
-    """Scale the normalised inputs of both sub-layers by 1/sqrt(layer_number).
+    """Scale the normalised inputs of both sub-layers by 1/sqrt(layer_number) in a Pre-LN layer.
+
+    Under Mix-LN only the Pre-LN layers are scaled (by their global layer number); its Post-LN
+    layers are left as they are. Post-LN and Peri-LN models are refused by the config.
 
     With the local spec the norms are separate modules and their outputs are scaled. With the TE
     spec the input norm is fused into linear_qkv / linear_fc1; scaling the fused linear's output is
     the same map because our projections have no bias (checked here).
     """
+    placement = layer.norm_placement
+    if placement == "post":
+        return  # a Post-LN layer (the bottom of Mix-LN) has no sub-layer input norm to scale
+    if placement != "pre":
+        raise ValueError(f"LayerNorm Scaling is defined for Pre-LN layers, not {placement!r}")
     scale = layernorm_scaling_factor(layer.layer_number)
     hook = _scale_first_output(scale)
     for norm_name, fused_owner, fused_linear in (

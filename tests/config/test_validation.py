@@ -119,6 +119,28 @@ INVALID = [
     ({"data": {"data_path": ["0.5", "a", "b"]}}, "data-path must be WEIGHT PREFIX pairs when it starts with a weight"),
     ({"data": {"data_path": ["-1", "a", "1", "b"]}}, "data-path weights must be non-negative with a positive sum"),
     ({"model": {"num_layers": 2.5}}, "num-layers must be an integer, got 2.5"),
+    ({"model": {"norm_placement": "sandwich"}},
+     "norm-placement must be one of 'pre', 'post', 'peri', 'mix', got 'sandwich'"),
+    ({"model": {"norm_placement": "mix", "mix_ln_alpha": 1.0}}, "mix-ln-alpha must be in (0, 1), got 1.0"),
+    ({"model": {"mix_ln_alpha": 0}}, "mix-ln-alpha must be in (0, 1), got 0.0"),
+    ({"model": {"mix_ln_alpha": -0.25}}, "mix-ln-alpha must be in (0, 1), got -0.25"),
+    (
+        {"model": {"norm_placement": "mix", "mix_ln_alpha": 0.05}},
+        "--norm-placement mix with mix-ln-alpha 0.05 and num-layers 16 has no Post-LN layer",
+    ),
+    (
+        {"model": {"norm_placement": "post", "layernorm_scaling": True}},
+        "--layernorm-scaling with --norm-placement post is not meaningful",
+    ),
+    (
+        {"model": {"norm_placement": "peri", "layernorm_scaling": True}},
+        "--layernorm-scaling with --norm-placement peri is not meaningful",
+    ),
+    ({"model": {"peri_ln_embedding_norm": True}}, "--peri-ln-embedding-norm needs --norm-placement peri (got pre)"),
+    (
+        {"model": {"norm_placement": "mix", "peri_ln_embedding_norm": True}},
+        "--peri-ln-embedding-norm needs --norm-placement peri (got mix)",
+    ),
 ]
 
 
@@ -242,3 +264,34 @@ def test_valid_moe_with_tensor_and_sequence_parallel():
         }
     )
     assert cfg.validate_world_size(4) == 2
+
+
+@pytest.mark.parametrize(("alpha", "layers", "post_layers"), [(0.25, 16, 4), (0.29, 100, 29), (0.5, 3, 1), (0.99, 4, 3)])
+def test_mix_ln_post_layers_is_floor_of_alpha_times_layers(alpha, layers, post_layers):
+    # 0.29 * 100 is 28.999999999999996 in binary floating point; the count follows the decimal alpha.
+    cfg = ModelConfig(num_layers=layers, norm_placement="mix", mix_ln_alpha=alpha)
+    assert cfg.mix_ln_post_layers == post_layers
+
+
+@pytest.mark.parametrize("placement", ["pre", "mix"])
+def test_layernorm_scaling_combines_with_pre_and_mix(placement):
+    assert ModelConfig(norm_placement=placement, layernorm_scaling=True).layernorm_scaling
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--norm-placement", "sandwich"], "error: norm-placement must be one of 'pre', 'post', 'peri', 'mix', got 'sandwich'"),
+        (["--norm-placement", "mix", "--mix-ln-alpha", "1.5"], "error: mix-ln-alpha must be in (0, 1), got 1.5"),
+        (["--norm-placement", "post", "--layernorm-scaling"],
+         "error: --layernorm-scaling with --norm-placement post is not meaningful"),
+    ],
+)
+def test_norm_placement_errors_on_the_command_line_are_one_line(capsys, argv, message):
+    from megatron_cod.config import load_config
+
+    with pytest.raises(SystemExit) as exit_info:
+        load_config(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(message)
