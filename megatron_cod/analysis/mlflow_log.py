@@ -25,27 +25,6 @@ def tracking_uri(cwd: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{cwd.resolve()}/mlflow.db"
 
 
-def _series(results: SuiteResults) -> dict[str, list[float]]:
-    """Per-layer curves worth plotting in the MLflow UI (index = step)."""
-    out: dict[str, list[float]] = {}
-    if results.jacobian is not None:
-        for variant in dict.fromkeys(e.variant for e in results.jacobian.layers):
-            out[f"layer/jacobian_{variant}_norm"] = [
-                e.scores.jacobian_norm.value for e in results.jacobian.for_variant(variant)
-            ]
-    if results.usefulness is not None:
-        out["layer/usefulness_loss_ratio"] = [r.loss_ratio for r in results.usefulness.layers]
-    if results.causal is not None:
-        out["layer/skip_kl"] = [s.kl for s in results.causal.skips]
-    if results.similarity is not None:
-        out["layer/block_influence"] = results.similarity.block_influence
-    if results.logit_lens is not None:
-        out["state/logit_lens_kl"] = [s.kl_to_final for s in results.logit_lens.states]
-    if results.variance is not None:
-        out["state/residual_variance"] = results.variance.variance
-    return out
-
-
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, dict):
         for key, inner in value.items():
@@ -67,28 +46,21 @@ def _find_run(client, run_id: str | None, required: bool):
         return None
 
 
-def log_to_mlflow(
-    output_dir: Path,
-    results: SuiteResults,
-    params: dict[str, Any],
-    parent_run_id: str | None,
-    experiment: str,
-    run_name: str,
-    parent_required: bool = True,
-) -> str:
-    """Create the run, log everything, close it; returns the new run id.
+def create_run(parent_run_id: str | None, experiment: str, run_name: str, kind: str,
+               parent_required: bool = True):
+    """(client, run id) of a new run tagged ``kind`` (run_tags.KIND_*), nested under
+    ``parent_run_id`` when that run is in this store.
 
     A parent that is only known from a checkpoint (parent_required False) may live in another
-    store; then the run is top-level and records the training run id as a tag.
+    store; then the run is top-level in ``experiment`` and records the training run id as a tag.
     """
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
     from mlflow.exceptions import MlflowException
 
     cwd = Path.cwd()
     client = MlflowClient(tracking_uri=tracking_uri(cwd))
     try:
-        tags = {run_tags.KIND: run_tags.KIND_ANALYSIS}
+        tags = {run_tags.KIND: kind}
         parent = _find_run(client, parent_run_id, parent_required)
         if parent is not None:
             experiment_id = parent.info.experiment_id
@@ -106,10 +78,25 @@ def log_to_mlflow(
         run = client.create_run(experiment_id, tags=tags, run_name=run_name)
     except MlflowException as exc:
         raise AnalysisError(f"MLflow: {exc.message}") from exc
-    run_id = run.info.run_id
+    return client, run.info.run_id
+
+
+def log_to_mlflow(
+    output_dir: Path,
+    results: SuiteResults,
+    params: dict[str, Any],
+    parent_run_id: str | None,
+    experiment: str,
+    run_name: str,
+    parent_required: bool = True,
+) -> str:
+    """Create the run (see create_run), log everything, close it; returns the new run id."""
+    from mlflow.entities import Metric, Param
+
+    client, run_id = create_run(parent_run_id, experiment, run_name, run_tags.KIND_ANALYSIS, parent_required)
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in results.global_metrics().items() if math.isfinite(v)]
-    for name, values in _series(results).items():
+    for name, values in results.layer_curves().items():
         metrics += [Metric(name, v, now, step) for step, v in enumerate(values) if math.isfinite(v)]
     metrics += [Metric(f"seconds/{k}", v, now, 0) for k, v in results.seconds.items()]
     flat: dict[str, str] = {}

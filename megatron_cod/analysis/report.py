@@ -92,6 +92,7 @@ def write_report(path: Path, results: SuiteResults, meta: dict[str, Any], overwr
         **jsonable(meta),
         "seconds": results.seconds,
         "global": jsonable(results.global_metrics()),
+        "layer_curves": jsonable(results.layer_curves()),
     }
     for metric, result in results.present().items():
         payload[metric] = result_dict(result)

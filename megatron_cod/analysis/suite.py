@@ -69,6 +69,26 @@ class SuiteResults:
                 out[metric] = result
         return out
 
+    def layer_curves(self) -> dict[str, list[float]]:
+        """Per-layer (``layer/...``) and per-state (``state/...``) curves; index = MLflow step."""
+        out: dict[str, list[float]] = {}
+        if self.jacobian is not None:
+            for variant in dict.fromkeys(e.variant for e in self.jacobian.layers):
+                out[f"layer/jacobian_{variant}_norm"] = [
+                    e.scores.jacobian_norm.value for e in self.jacobian.for_variant(variant)
+                ]
+        if self.usefulness is not None:
+            out["layer/usefulness_loss_ratio"] = [r.loss_ratio for r in self.usefulness.layers]
+        if self.causal is not None:
+            out["layer/skip_kl"] = [s.kl for s in self.causal.skips]
+        if self.similarity is not None:
+            out["layer/block_influence"] = list(self.similarity.block_influence)
+        if self.logit_lens is not None:
+            out["state/logit_lens_kl"] = [s.kl_to_final for s in self.logit_lens.states]
+        if self.variance is not None:
+            out["state/residual_variance"] = list(self.variance.variance)
+        return out
+
     def global_metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for result in self.present().values():

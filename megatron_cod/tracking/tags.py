@@ -6,6 +6,11 @@ own ``mlflow.parentRunId`` pointing at the training run they belong to.
 
 from __future__ import annotations
 
+from typing import Any
+
+from megatron_cod.config.fingerprint import config_hash
+from megatron_cod.config.logging_config import parse_run_tags
+
 KIND = "megatron_cod.kind"
 KIND_TRAIN = "train"
 KIND_ANALYSIS = "analysis"
@@ -22,3 +27,11 @@ SWEEP_MEMBER = "megatron_cod.sweep_member"
 COMPARED_RUNS = "megatron_cod.compared_runs"
 COMPARISON_RUN = "megatron_cod.comparison_run"
 
+
+
+def training_run_tags(cfg: Any, world_size: int | None = None) -> dict[str, str]:
+    """A training run's tags; the config's own --run-tags come last and win."""
+    out = {KIND: KIND_TRAIN, SEED: str(cfg.train.seed), CONFIG_HASH: config_hash(cfg.to_flat_dict())}
+    if world_size is not None:
+        out["megatron_cod.world_size"] = str(world_size)
+    return {**out, **parse_run_tags(cfg.logging.run_tags)}

@@ -17,8 +17,6 @@ from megatron.core import parallel_state as ps
 from megatron_cod import platform
 from megatron_cod.telemetry import DepthTelemetry
 from megatron_cod.telemetry.plots import plot_values, write_depth_plots
-from megatron_cod.config.fingerprint import config_hash
-from megatron_cod.config.logging_config import parse_run_tags
 from megatron_cod.tracking import Tracker, tags, tracked_run
 from megatron_cod.tracking.lifecycle import RunTerminated
 from megatron_cod.training.batches import GlobalBatchStream
@@ -127,7 +125,8 @@ def pretrain(cfg: Any, config_yaml: str | None = None) -> TrainingOutcome:
         telemetry = DepthTelemetry(trainer.model, cfg.telemetry)
         tracker = None
         if logging_rank:
-            tracker = Tracker.start(cfg.logging, run_dir, cfg.to_flat_dict(), tags=_run_tags(cfg, ctx.world_size))
+            tracker = Tracker.start(cfg.logging, run_dir, cfg.to_flat_dict(),
+                                    tags=tags.training_run_tags(cfg, ctx.world_size))
             outcome.run_id, outcome.tracking_uri = tracker.run_id, tracker.tracking_uri
             outcome.ui_hint = tracker.ui_hint()
             (run_dir / "config.yaml").write_text(config_yaml)
@@ -202,13 +201,6 @@ def _train(cfg: Any, trainer: Trainer, telemetry, tracker, outcome: TrainingOutc
     if trainer.iteration == 0 and cfg.checkpoint.save:
         _checkpoint(trainer, tracker, console, outcome, config_yaml)
     outcome.iteration = trainer.iteration
-
-
-def _run_tags(cfg: Any, world_size: int) -> dict[str, str]:
-    """What cod-compare and cod-sweep look runs up by; the config's own run tags come last and win."""
-    return {tags.KIND: tags.KIND_TRAIN, "megatron_cod.world_size": str(world_size),
-            tags.SEED: str(cfg.train.seed), tags.CONFIG_HASH: config_hash(cfg.to_flat_dict()),
-            **parse_run_tags(cfg.logging.run_tags)}
 
 
 def _broadcast_from_rank(value: Any, src: int) -> Any:

@@ -1,0 +1,172 @@
+"""Training runs from an MLflow store: selection by experiment, id, sweep tag and filter string; then
+only the metric keys a comparison reads, fetched concurrently, plus the analysis and eval runs nested
+under each training run (found with one search per kind, not one per run)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from megatron_cod.compare.errors import CompareError
+from megatron_cod.compare.records import AnalysisRecord, RunRecord, is_needed_key
+from megatron_cod.tracking import tags
+from megatron_cod.tracking.mlflow_sink import sqlite_db_path
+
+_FETCH_THREADS = 8
+
+
+@dataclass(frozen=True)
+class Selection:
+    experiments: list[str] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)
+    sweep: str | None = None
+    filter: str | None = None
+
+    def describe(self) -> str:
+        parts = [f"experiment {e!r}" for e in self.experiments] + [f"run {r}" for r in self.run_ids]
+        if self.sweep:
+            parts.append(f"sweep {self.sweep!r}")
+        if self.filter:
+            parts.append(f"filter {self.filter!r}")
+        return ", ".join(parts) or "all experiments"
+
+
+def open_client(uri: str) -> Any:
+    """An MlflowClient for `uri` that fails fast: a missing sqlite file is an error (MLflow would
+    create an empty store), and an unreachable server is not retried for minutes."""
+    db = sqlite_db_path(uri)
+    if db is not None and not db.is_file():
+        raise CompareError(f"no MLflow store at {db} (--tracking-uri {uri})")
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _store_call(uri: str, what: str, fn, *args, **kwargs):
+    """Run one client call, turning store and connection errors into a one-line CompareError."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return fn(*args, **kwargs)
+    except MlflowException as exc:
+        message = " ".join(str(exc.message).split())
+        if "failed with exception" in message and ("Max retries" in message or "connect" in message.lower()):
+            raise CompareError(f"cannot reach the MLflow tracking server at {uri} (connection failed)") from None
+        if what.startswith("--filter"):
+            raise CompareError(f"{what}: {message}") from None
+        raise CompareError(f"MLflow store {uri}: {what}: {message}") from None
+    except OSError as exc:  # requests' ConnectionError is an OSError
+        raise CompareError(f"cannot reach the MLflow tracking server at {uri}: {type(exc).__name__}") from None
+
+
+def _search(client: Any, uri: str, experiment_ids: list[str], filter_string: str, what: str) -> list[Any]:
+    runs, token = [], None
+    while True:
+        page = _store_call(uri, what, client.search_runs, experiment_ids, filter_string=filter_string,
+                           max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _is_training_run(run: Any) -> bool:
+    run_tags = run.data.tags
+    return tags.RUN_DIR in run_tags and run_tags.get(tags.KIND, tags.KIND_TRAIN) == tags.KIND_TRAIN
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def select_runs(client: Any, uri: str, selection: Selection) -> list[Any]:
+    """The training runs the selection names, in start order; CompareError when there are none."""
+    if selection.experiments:
+        experiment_ids = []
+        for name in selection.experiments:
+            experiment = _store_call(uri, "looking up experiments", client.get_experiment_by_name, name)
+            if experiment is None:
+                known = [e.name for e in _store_call(uri, "listing experiments", client.search_experiments)]
+                raise CompareError(f"unknown experiment {name!r} in {uri} (--experiment; known: "
+                                   f"{', '.join(known) or 'none'})")
+            experiment_ids.append(experiment.experiment_id)
+    else:
+        experiment_ids = [e.experiment_id for e in
+                          _store_call(uri, "listing experiments", client.search_experiments)]
+    clauses = []
+    if selection.sweep:
+        clauses.append(f"tags.`{tags.SWEEP}` = {_quote(selection.sweep)}")
+    if selection.filter:
+        clauses.append(f"({selection.filter})" if clauses else selection.filter)
+    found: dict[str, Any] = {}
+    if selection.experiments or selection.sweep or selection.filter or not selection.run_ids:
+        if experiment_ids:
+            for run in _search(client, uri, experiment_ids, " and ".join(clauses),
+                               "--filter" if selection.filter else "searching runs"):
+                found[run.info.run_id] = run
+    for run_id in selection.run_ids:
+        run = _store_call(uri, f"--runs {run_id}", client.get_run, run_id)
+        found[run.info.run_id] = run
+    runs = [run for run in found.values() if _is_training_run(run)]
+    if not runs:
+        raise CompareError(f"no training runs match {selection.describe()} in {uri}")
+    return sorted(runs, key=lambda r: r.info.start_time or 0)
+
+
+def _histories(client: Any, uri: str, requests: list[tuple[str, str]]) -> dict[tuple[str, str], list]:
+    def fetch(item: tuple[str, str]):
+        return item, _store_call(uri, "reading metrics", client.get_metric_history, *item)
+
+    with ThreadPoolExecutor(_FETCH_THREADS) as pool:
+        return dict(pool.map(fetch, requests))
+
+
+def _series(metrics: Iterable[Any]) -> list[tuple[int, float]]:
+    by_step: dict[int, float] = {}
+    for m in sorted(metrics, key=lambda m: (m.step, m.timestamp)):
+        by_step[int(m.step)] = float(m.value)  # a resumed run may re-log a step: the later value wins
+    return sorted(by_step.items())
+
+
+def _nested(client: Any, uri: str, experiment_ids: list[str], kind: str, parents: set[str]) -> dict[str, Any]:
+    """{parent run id: its newest FINISHED nested run of `kind`}."""
+    newest: dict[str, Any] = {}
+    for run in _search(client, uri, experiment_ids, f"tags.`{tags.KIND}` = {_quote(kind)}", f"finding {kind} runs"):
+        parent = run.data.tags.get(tags.PARENT_RUN) or run.data.tags.get("megatron_cod.training_run_id")
+        if parent in parents and run.info.status == "FINISHED":
+            if parent not in newest or run.info.start_time > newest[parent].info.start_time:
+                newest[parent] = run
+    return newest
+
+
+def load_records(client: Any, uri: str, runs: list[Any]) -> list[RunRecord]:
+    """RunRecords with the needed metric histories, the newest nested analysis and eval scores."""
+    requests = [(run.info.run_id, key) for run in runs for key in run.data.metrics if is_needed_key(key)]
+    parents = {run.info.run_id for run in runs}
+    experiment_ids = sorted({run.info.experiment_id for run in runs})
+    analyses = _nested(client, uri, experiment_ids, tags.KIND_ANALYSIS, parents)
+    evals = _nested(client, uri, experiment_ids, tags.KIND_EVAL, parents)
+    requests += [(a.info.run_id, key) for a in analyses.values() for key in a.data.metrics if key.startswith("layer/")]
+    histories = _histories(client, uri, requests)
+    records = []
+    for run in runs:
+        rid = run.info.run_id
+        metrics = {key: _series(histories[(rid, key)]) for key in run.data.metrics if (rid, key) in histories}
+        analysis = None
+        if rid in analyses:
+            a = analyses[rid]
+            curves = {key: [v for _, v in _series(histories[(a.info.run_id, key)])]
+                      for key in a.data.metrics if key.startswith("layer/")}
+            analysis = AnalysisRecord(a.info.run_id, dict(a.data.metrics), curves)
+        eval_scores = {k: v for k, v in evals[rid].data.metrics.items() if k.startswith("eval/")} if rid in evals else {}
+        records.append(RunRecord(
+            run_id=rid, name=run.info.run_name or rid[:8], status=run.info.status,
+            params=dict(run.data.params), tags=dict(run.data.tags), metrics=metrics,
+            start_time=(run.info.start_time or 0) / 1000.0, analysis=analysis, evals=eval_scores))
+    return records
