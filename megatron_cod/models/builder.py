@@ -85,6 +85,10 @@ def build_transformer_config(model_cfg: Any, parallel_cfg: Any) -> TransformerCo
             moe_grouped_gemm=False,
             moe_router_dtype="fp32",
         )
+    if model_cfg.norm_placement == "mix":
+        # Mix-LN layers differ in their norms, so megatron cannot stack one tensor per parameter name
+        # across layers in the checkpoint: it keys each layer by its global number instead.
+        kwargs.update(hetereogenous_dist_checkpoint=True)
     if not on_gpu:
         kwargs.update(masked_softmax_fusion=False, bias_dropout_fusion=False)
     return TransformerConfig(**kwargs)

@@ -15,6 +15,10 @@ TINY_MOE = ["--num-layers", "4", "--hidden-size", "64", "--num-attention-heads",
 TINY_DENSE = ["--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4",
               "--group-query-attention", "--num-query-groups", "2", "--ffn-hidden-size", "128",
               "--seq-length", "64"]
+# --norm-placement variants of the tiny models (Mix-LN: layers 1-2 Post-LN, 3-4 Pre-LN).
+NORM_PLACEMENTS = {"pre": [], "post": ["--norm-placement", "post"],
+                   "peri": ["--norm-placement", "peri", "--peri-ln-embedding-norm"],
+                   "mix": ["--norm-placement", "mix", "--mix-ln-alpha", "0.5"]}
 SCHEDULE = ["--micro-batch-size", "2", "--global-batch-size", "4", "--lr", "3e-3", "--min-lr", "3e-4",
             "--lr-warmup-iters", "1", "--eval-iters", "0", "--no-telemetry", "--no-mlflow"]
 

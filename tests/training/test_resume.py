@@ -1,11 +1,15 @@
-"""Resume: 6 steps straight == 3 steps, save, load, 3 more steps (same losses, bit for bit)."""
+"""Resume: 6 steps straight == 3 steps, save, load, 3 more steps (same losses, bit for bit), for
+each norm placement."""
 
-from training_launch import SCHEDULE, TINY_MOE, losses, train
+import pytest
+
+from training_launch import NORM_PLACEMENTS, SCHEDULE, TINY_MOE, losses, train
 from megatron_cod.training.checkpoint import latest_iteration, read_checkpoint_meta, iteration_dir
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path, builtin_dataset):
-    args = TINY_MOE + SCHEDULE + ["--train-iters", "6"]
+@pytest.mark.parametrize("placement", list(NORM_PLACEMENTS))
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, builtin_dataset, placement):
+    args = TINY_MOE + NORM_PLACEMENTS[placement] + SCHEDULE + ["--train-iters", "6"]
     train(tmp_path, "straight", args)
     ckpt = str(tmp_path / "ckpt")
     train(tmp_path, "first_half", args + ["--save", ckpt, "--exit-interval", "3"])
