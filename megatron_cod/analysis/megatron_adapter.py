@@ -77,19 +77,26 @@ class MegatronLayerStack(LayerStack):
         return logits.float()
 
 
-def load_megatron_stack(path: str | Path) -> tuple[MegatronLayerStack, dict[str, Any], str | None]:
-    """(stack, evaluation-data defaults from the training config, the training's MLflow run id)."""
-    from megatron_cod import platform
+def read_checkpoint_config(path: str | Path) -> tuple[Path, Any]:
+    """(the iteration directory, its training ExperimentConfig) without loading any weights."""
     from megatron_cod.config import ConfigError, ExperimentConfig
-    from megatron_cod.data.tokenizer import load_tokenizer
-    from megatron_cod.models import build_gpt_model
-    from megatron_cod.training.checkpoint import load_checkpoint, read_checkpoint_meta, resolve_checkpoint
+    from megatron_cod.training.checkpoint import resolve_checkpoint
 
     try:
         ckpt_dir = resolve_checkpoint(path)
-        cfg = ExperimentConfig.from_dict(yaml.safe_load((ckpt_dir / "config.yaml").read_text()))
+        return ckpt_dir, ExperimentConfig.from_dict(yaml.safe_load((ckpt_dir / "config.yaml").read_text()))
     except (FileNotFoundError, ConfigError) as exc:
         raise AnalysisError(f"--checkpoint {path}: {exc}") from exc
+
+
+def load_megatron_stack(path: str | Path) -> tuple[MegatronLayerStack, dict[str, Any], str | None]:
+    """(stack, evaluation-data defaults from the training config, the training's MLflow run id)."""
+    from megatron_cod import platform
+    from megatron_cod.data.tokenizer import load_tokenizer
+    from megatron_cod.models import build_gpt_model
+    from megatron_cod.training.checkpoint import load_checkpoint, read_checkpoint_meta
+
+    ckpt_dir, cfg = read_checkpoint_config(path)
     meta = read_checkpoint_meta(ckpt_dir)
     single = cfg.with_overrides({"parallel.tensor_model_parallel_size": 1, "parallel.pipeline_model_parallel_size": 1,
                                  "parallel.expert_model_parallel_size": 1, "parallel.sequence_parallel": False,

@@ -105,14 +105,16 @@ def save_checkpoint(root: str | Path, iteration: int, model: list[torch.nn.Modul
             shutil.rmtree(tmp)
         tmp.mkdir()
     dist.barrier()
+    # optimizer None: a weights-only checkpoint (cod-import), loaded with --no-load-optim
     state = _sharded_state(model, optimizer, scheduler, iteration, consumed_samples,
-                           with_optimizer=True, with_rng=True, is_loading=False)
+                           with_optimizer=optimizer is not None, with_rng=True, is_loading=False)
     dist_checkpointing.save(state, str(tmp))
     dist.barrier()
     if rank0:
         (tmp / "config.yaml").write_text(config_yaml)
         meta = {"iteration": iteration, "consumed_samples": consumed_samples,
-                "parallel": parallel_layout, "format": "torch_dist", "mlflow_run_id": mlflow_run_id}
+                "parallel": parallel_layout, "format": "torch_dist", "mlflow_run_id": mlflow_run_id,
+                "weights_only": optimizer is None}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         if tokenizer is not None:
             tokenizer.save(tmp / "tokenizer")
@@ -149,6 +151,8 @@ def load_checkpoint(path: str | Path, model: list[torch.nn.Module], optimizer, s
     ckpt_dir = resolve_checkpoint(path)
     iteration = read_checkpoint_meta(ckpt_dir)["iteration"]
     meta = read_checkpoint_meta(ckpt_dir)
+    if load_optim and meta.get("weights_only"):
+        raise ValueError(f"{ckpt_dir} holds weights only (no optimizer state): load it with --no-load-optim")
     with_rng = load_rng and meta["parallel"] == parallel_layout
     state = _sharded_state(model, optimizer, scheduler, iteration, {},
                            with_optimizer=load_optim, with_rng=with_rng, is_loading=True)

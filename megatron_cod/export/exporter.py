@@ -1,0 +1,104 @@
+"""Export a megatron_cod checkpoint (any TP / PP / EP layout) to a stock Hugging Face directory.
+
+The checkpoint is loaded on one process through the analysis adapter (dist_checkpointing reshards
+it to a single rank), then streamed tensor by tensor into safetensors, so the peak stays near one
+copy of the model. Whether a stock class expresses the model is decided from config.yaml before
+any weight is loaded or any file written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import megatron_cod
+from megatron_cod.analysis.errors import AnalysisError
+from megatron_cod.data.errors import DataError
+from megatron_cod.export.architecture import Target, export_target
+from megatron_cod.export.errors import ExportError
+from megatron_cod.export.hf_dir import (DEFAULT_MAX_SHARD_BYTES, DTYPES, check_output, staged_directory,
+                                        write_model_dir)
+
+
+@dataclass
+class Exported:
+    output: Path
+    target: Target
+    model: torch.nn.Module  # the megatron GPTModel, single rank, fp32 (for --verify)
+    provenance: dict[str, Any]
+    training_run_id: str | None
+    seconds: float
+
+
+def _checkpoint_dir(checkpoint: str | Path, iteration: int | None) -> Path:
+    from megatron_cod.training.checkpoint import iteration_dir
+
+    if iteration is None:
+        return Path(checkpoint)
+    path = iteration_dir(checkpoint, iteration)
+    if not path.is_dir():
+        raise ExportError(f"--iteration {iteration}: {path} does not exist")
+    return path
+
+
+def hf_model_twin(model: torch.nn.Module, model_cfg: Any) -> torch.nn.Module:
+    """The stock HF model (fp32, in memory) computing the same function as a single-rank GPTModel."""
+    from transformers import AutoModelForCausalLM
+
+    from megatron_cod.export.mapping import to_hf
+
+    target = export_target(model_cfg, int(model.vocab_size))
+    hf = AutoModelForCausalLM.from_config(target.config, dtype=torch.float32)
+    state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    tensors = {name: t.detach().float().clone() for name, t in to_hf(state, target)}
+    missing, unexpected = hf.load_state_dict(tensors, strict=False)
+    if unexpected or [m for m in missing if "rotary" not in m and m != "lm_head.weight"]:
+        raise RuntimeError(f"{target.architecture} mapping mismatch: missing {missing}, unexpected {unexpected}")
+    if target.config.tie_word_embeddings:
+        hf.tie_weights()
+    return hf.eval()
+
+
+def export_checkpoint(checkpoint: str | Path, output: str | Path, *, iteration: int | None = None,
+                      dtype: str = "fp32", force: bool = False,
+                      max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Exported:
+    from megatron_cod.analysis.megatron_adapter import load_megatron_stack, read_checkpoint_config
+    from megatron_cod.data.tokenizer import load_tokenizer
+    from megatron_cod.models import padded_vocab_size
+
+    start = time.perf_counter()
+    if dtype not in DTYPES:
+        raise ExportError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    output = Path(output)
+    try:
+        ckpt_dir, cfg = read_checkpoint_config(_checkpoint_dir(checkpoint, iteration))
+        tokenizer = load_tokenizer(ckpt_dir / "tokenizer")
+    except (AnalysisError, DataError) as exc:
+        raise ExportError(str(exc)) from exc
+    # megatron pads the vocabulary; the padded rows are kept so the logits match exactly
+    target = export_target(cfg.model, padded_vocab_size(tokenizer.vocab_size, 1))
+    check_output(output, force)
+    stack, _, run_id = load_megatron_stack(ckpt_dir)
+    config_text = (ckpt_dir / "config.yaml").read_bytes()
+    provenance = {
+        "source_checkpoint": str(ckpt_dir.resolve()),
+        "iteration": stack.describe()["iteration"],
+        "architecture": target.architecture,
+        "dtype": dtype,
+        "megatron_cod_version": megatron_cod.__version__,
+        "config_sha256": hashlib.sha256(config_text).hexdigest(),
+        "tokenizer_sha256": tokenizer.sha256,
+        "layernorm_scaling_folded": target.layernorm_scaling,
+        "training_mlflow_run_id": run_id,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    with staged_directory(output) as tmp:
+        write_model_dir(tmp, stack.model.state_dict(), target, tokenizer, dtype, cfg.model.seq_length, provenance,
+                        max_shard_bytes)
+    return Exported(output, target, stack.model, provenance, run_id, time.perf_counter() - start)
