@@ -19,6 +19,19 @@ Hook points in a megatron-core TransformerLayer (0.16: ``_forward_attention`` / 
   ``attention_max_tokens`` queries against all their keys, recomputed in fp32 outside the model;
   tensor-parallel ranks each sample their own heads.
 
+Norm placements (``--norm-placement``, models/placement.py) keep these hook points, so per layer:
+- ``var`` / ``rms`` are of the stream the layer hands on: the residual stream for Pre-LN and
+  Peri-LN, the stream *after* the norm for Post-LN layers (all of ``post``, the first
+  floor(alpha L) of ``mix``);
+- ``attn_*`` / ``mlp_*`` are the branch as it enters the residual add: after Peri-LN's output norm
+  (a hook the layer registers before ours), the raw F(h) for Post-LN (added before its norm);
+- ``update_norm`` / ``rel_update`` / ``cosine`` compare the layer's input and output streams:
+  the sum of the two branches for Pre-LN and Peri-LN, but for Post-LN the change between two
+  normalised streams, not a branch size;
+- ``var_final_norm``: Post-LN has no final norm (an identity in its slot), so it equals ``var``;
+  a Peri-LN embedding norm is part of layer 1's input.
+tests/telemetry/test_norm_placement_semantics.py checks each against a plain-PyTorch reference.
+
 Hooks compute per-token terms under ``torch.no_grad`` and hand their token sums, still on the
 device, to the accumulator; nothing reads a value back until ``end_step``. Hooks exist only
 during collection steps.

@@ -38,6 +38,11 @@ PLACEMENTS = {
     "peri_embedding_norm": dict(norm_placement="peri", peri_ln_embedding_norm=True),
     "mix": dict(norm_placement="mix", mix_ln_alpha=0.5),
     "mix_lns": dict(norm_placement="mix", mix_ln_alpha=0.25, layernorm_scaling=True),
+    # full activation recompute re-runs each layer (and its placement norms) in the backward pass
+    "peri_recompute": dict(norm_placement="peri", recompute_granularity="full", recompute_method="uniform",
+                           recompute_num_layers=1),
+    "mix_recompute": dict(norm_placement="mix", mix_ln_alpha=0.5, recompute_granularity="full",
+                          recompute_method="block", recompute_num_layers=2),
 }
 
 
@@ -109,6 +114,7 @@ def test_parameters_of_each_placement():
         assert has_final == (name != "post"), name
         assert isinstance(model.decoder.final_layernorm, IdentityOp) == (name == "post")
         assert ("embedding.output_layernorm.weight" in model.state_dict()) == (name == "peri_embedding_norm")
+    assert [layer.norm_placement for layer in models["mix"].decoder.layers] == ["post", "post", "pre", "pre"]
 
 
 def test_pre_is_megatron_stock_gpt_bit_for_bit():
