@@ -1,0 +1,1 @@
+"""Downstream evaluation (cod-eval): lm-eval on exported models, with local tasks over held-out text."""
