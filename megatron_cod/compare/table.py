@@ -116,6 +116,7 @@ def build_table(groups: list[Group], alignment: Alignment) -> Table:
     runs = [run for group in groups for run in group.runs]
     columns = columns_for(runs)
     rows = {run.run_id: run_values(run, alignment.points[run.run_id]) for run in runs}
+    columns = [c for c in columns if any(row.get(c.key) is not None for row in rows.values())]
     group_rows = []
     for group in groups:
         members = [run for run in group.runs if alignment.points[run.run_id].reached]

@@ -22,6 +22,7 @@ PARENT_RUN = "mlflow.parentRunId"
 RUN_DIR = "megatron_cod.run_dir"
 CONFIG_HASH = "megatron_cod.config_hash"
 SEED = "megatron_cod.seed"
+ITERATION = "megatron_cod.iteration"  # the iteration a training run ended at
 SWEEP = "megatron_cod.sweep"
 SWEEP_MEMBER = "megatron_cod.sweep_member"
 COMPARED_RUNS = "megatron_cod.compared_runs"

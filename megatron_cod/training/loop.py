@@ -201,6 +201,9 @@ def _train(cfg: Any, trainer: Trainer, telemetry, tracker, outcome: TrainingOutc
     if trainer.iteration == 0 and cfg.checkpoint.save:
         _checkpoint(trainer, tracker, console, outcome, config_yaml)
     outcome.iteration = trainer.iteration
+    if tracker is not None:
+        # FINISHED alone does not say the schedule completed: --exit-interval also ends cleanly
+        tracker.set_tags({tags.ITERATION: str(trainer.iteration)})
 
 
 def _broadcast_from_rank(value: Any, src: int) -> Any:
