@@ -12,7 +12,8 @@ PAPER_TOKENS = 5e9  # scripts/train_script.sh max_duration
 
 
 def test_available_presets():
-    assert set(available_presets()) == {"cpu_moe_deep", "cpu_dense_deep", *PAPER}
+    placements = {f"{base}_{v}" for base in ("cpu_dense", "paper_dense_l32") for v in ("lns", "peri", "mix")}
+    assert set(available_presets()) == {"cpu_moe_deep", "cpu_dense_deep", *PAPER, *placements}
 
 
 @pytest.mark.parametrize("name", sorted(available_presets()))
@@ -22,7 +23,8 @@ def test_preset_is_valid_and_round_trips(name):
 
 
 def test_unknown_preset():
-    with pytest.raises(ConfigError, match="unknown preset 'x'; available: cpu_dense_deep, cpu_moe_deep"):
+    listed = "cpu_dense_deep, cpu_dense_lns, cpu_dense_mix, cpu_dense_peri, cpu_moe_deep"
+    with pytest.raises(ConfigError, match=f"unknown preset 'x'; available: {listed}"):
         preset_dict("x")
 
 

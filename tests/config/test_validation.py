@@ -266,7 +266,8 @@ def test_valid_moe_with_tensor_and_sequence_parallel():
     assert cfg.validate_world_size(4) == 2
 
 
-@pytest.mark.parametrize(("alpha", "layers", "post_layers"), [(0.25, 16, 4), (0.29, 100, 29), (0.5, 3, 1), (0.99, 4, 3)])
+@pytest.mark.parametrize(("alpha", "layers", "post_layers"),
+                         [(0.25, 16, 4), (0.29, 100, 29), (0.5, 3, 1), (0.99, 4, 3)])
 def test_mix_ln_post_layers_is_floor_of_alpha_times_layers(alpha, layers, post_layers):
     # 0.29 * 100 is 28.999999999999996 in binary floating point; the count follows the decimal alpha.
     cfg = ModelConfig(num_layers=layers, norm_placement="mix", mix_ln_alpha=alpha)
@@ -281,7 +282,8 @@ def test_layernorm_scaling_combines_with_pre_and_mix(placement):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--norm-placement", "sandwich"], "error: norm-placement must be one of 'pre', 'post', 'peri', 'mix', got 'sandwich'"),
+        (["--norm-placement", "sandwich"],
+         "error: norm-placement must be one of 'pre', 'post', 'peri', 'mix', got 'sandwich'"),
         (["--norm-placement", "mix", "--mix-ln-alpha", "1.5"], "error: mix-ln-alpha must be in (0, 1), got 1.5"),
         (["--norm-placement", "post", "--layernorm-scaling"],
          "error: --layernorm-scaling with --norm-placement post is not meaningful"),
