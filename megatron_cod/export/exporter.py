@@ -47,6 +47,20 @@ def _checkpoint_dir(checkpoint: str | Path, iteration: int | None) -> Path:
     return path
 
 
+def _return_freed_buffers_to_the_os() -> None:
+    """glibc raises its mmap threshold after large frees, so the transient buffers of megatron's CPU
+    weight initialisation land on the heap and stay resident after being freed (+40% of the model
+    at 300M parameters). A fixed 1 MiB threshold (M_MMAP_THRESHOLD, -3) maps every large buffer
+    separately and unmaps it on free, so the export's peak is what is actually alive."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-3, 1 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def hf_model_twin(model: torch.nn.Module, model_cfg: Any) -> torch.nn.Module:
     """The stock HF model (fp32, in memory) computing the same function as a single-rank GPTModel."""
     from transformers import AutoModelForCausalLM
@@ -84,6 +98,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, iteration: 
     # megatron pads the vocabulary; the padded rows are kept so the logits match exactly
     target = export_target(cfg.model, padded_vocab_size(tokenizer.vocab_size, 1))
     check_output(output, force)
+    _return_freed_buffers_to_the_os()
     stack, _, run_id = load_megatron_stack(ckpt_dir)
     config_text = (ckpt_dir / "config.yaml").read_bytes()
     provenance = {
