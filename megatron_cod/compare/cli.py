@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> Path:
         selection = mlflow_source.Selection(args.experiment, args.runs, args.sweep, args.filter)
         mlflow_runs = mlflow_source.select_runs(client, uri, selection)
         print(f"[cod-compare] reading {len(mlflow_runs)} runs from {uri}", flush=True)
-        records = mlflow_source.load_records(client, uri, mlflow_runs)
+        records = mlflow_source.load_records(client, uri, mlflow_runs, choice)
         source = f"{selection.describe()} in {uri}"
     records, superseded = drop_superseded(records)
     alignment = align(records, choice)

@@ -10,12 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from megatron_cod.compare.alignment import PointChoice, align
 from megatron_cod.compare.errors import CompareError
-from megatron_cod.compare.records import AnalysisRecord, RunRecord, is_needed_key
+from megatron_cod.compare.records import (TRAIN_LOSS, VALID_LOSS, VAR_FINAL_NORM_KEY, VAR_KEY, AnalysisRecord,
+                                          RunRecord, is_needed_key)
 from megatron_cod.tracking import tags
 from megatron_cod.tracking.mlflow_sink import sqlite_db_path
 
 _FETCH_THREADS = 8
+HISTORY_POINTS = 2000  # per run and key, for curves over training
 
 
 @dataclass(frozen=True)
@@ -119,12 +122,36 @@ def select_runs(client: Any, uri: str, selection: Selection) -> list[Any]:
     return sorted(runs, key=lambda r: r.info.start_time or 0)
 
 
-def _histories(client: Any, uri: str, requests: list[tuple[str, str]]) -> dict[tuple[str, str], list]:
-    def fetch(item: tuple[str, str]):
-        return item, _store_call(uri, "reading metrics", client.get_metric_history, *item)
+def _bulk(client: Any, uri: str, run_ids: list[str], key: str, max_results: int,
+          step: int | None = None) -> dict[str, list]:
+    """{run id: metric entries} of one key for many runs in one call: the whole history sampled to
+    at most `max_results` points (first and last kept), or only `step`.
 
+    This is MLflow's store API for comparing runs (AbstractStore.get_metric_history_bulk_interval, one
+    SQL query per run on sqlite, the bulk endpoint on a server); MlflowClient does not expose it.
+    """
+    store = client._tracking_client.store
+    rows = _store_call(uri, "reading metrics", store.get_metric_history_bulk_interval, run_ids, key,
+                       max_results, step, step)
+    out: dict[str, list] = {}
+    for row in rows:
+        out.setdefault(row.run_id, []).append(row)
+    return out
+
+
+def _fetch(client: Any, uri: str, requests: dict[tuple[str, int | None], list[str]],
+           history_points: int) -> dict[tuple[str, str], list]:
+    """{(run id, key): entries} for requests {(key, step or None for the history): run ids}."""
+    def fetch(item):
+        (key, step), run_ids = item
+        return key, _bulk(client, uri, run_ids, key, 1 if step is not None else history_points, step)
+
+    out: dict[tuple[str, str], list] = {}
     with ThreadPoolExecutor(_FETCH_THREADS) as pool:
-        return dict(pool.map(fetch, requests))
+        for key, by_run in pool.map(fetch, requests.items()):
+            for run_id, entries in by_run.items():
+                out.setdefault((run_id, key), []).extend(entries)
+    return out
 
 
 def _series(metrics: Iterable[Any]) -> list[tuple[int, float]]:
@@ -145,23 +172,39 @@ def _nested(client: Any, uri: str, experiment_ids: list[str], kind: str, parents
     return newest
 
 
-def load_records(client: Any, uri: str, runs: list[Any]) -> list[RunRecord]:
-    """RunRecords with the needed metric histories, the newest nested analysis and eval scores."""
-    requests = [(run.info.run_id, key) for run in runs for key in run.data.metrics if is_needed_key(key)]
+def _needs_history(key: str) -> bool:
+    """Curves over training: losses and the last layer's variance (before and after the final norm)."""
+    return key in (TRAIN_LOSS, VALID_LOSS) or bool(VAR_FINAL_NORM_KEY.match(key))
+
+
+def load_records(client: Any, uri: str, runs: list[Any], choice: PointChoice) -> list[RunRecord]:
+    """RunRecords holding what a comparison reads, and nothing more: the histories of the losses and
+    of the last layer's variance (sampled to HISTORY_POINTS), which fix each run's comparison point,
+    then every other per-layer value at that point only; plus the newest nested analysis and eval."""
     parents = {run.info.run_id for run in runs}
     experiment_ids = sorted({run.info.experiment_id for run in runs})
     analyses = _nested(client, uri, experiment_ids, tags.KIND_ANALYSIS, parents)
     evals = _nested(client, uri, experiment_ids, tags.KIND_EVAL, parents)
-    requests += [(a.info.run_id, key) for a in analyses.values() for key in a.data.metrics if key.startswith("layer/")]
-    histories = _histories(client, uri, requests)
+    needed = {run.info.run_id: [k for k in run.data.metrics if is_needed_key(k)] for run in runs}
+    last_var = {rid: max((k for k in keys if VAR_KEY.match(k)), default=None) for rid, keys in needed.items()}
+    first: dict[tuple[str, int | None], list[str]] = {}
+    for rid, keys in needed.items():
+        for key in keys:
+            if _needs_history(key) or key == last_var[rid]:
+                first.setdefault((key, None), []).append(rid)
+    for a in analyses.values():
+        for key in a.data.metrics:
+            if key.startswith("layer/"):
+                first.setdefault((key, None), []).append(a.info.run_id)
+    fetched = _fetch(client, uri, first, HISTORY_POINTS)
     records = []
     for run in runs:
         rid = run.info.run_id
-        metrics = {key: _series(histories[(rid, key)]) for key in run.data.metrics if (rid, key) in histories}
+        metrics = {key: _series(fetched[(rid, key)]) for key in needed[rid] if (rid, key) in fetched}
         analysis = None
         if rid in analyses:
             a = analyses[rid]
-            curves = {key: [v for _, v in _series(histories[(a.info.run_id, key)])]
+            curves = {key: [v for _, v in _series(fetched.get((a.info.run_id, key), []))]
                       for key in a.data.metrics if key.startswith("layer/")}
             analysis = AnalysisRecord(a.info.run_id, dict(a.data.metrics), curves)
         eval_scores = {k: v for k, v in evals[rid].data.metrics.items() if k.startswith("eval/")} if rid in evals else {}
@@ -169,4 +212,22 @@ def load_records(client: Any, uri: str, runs: list[Any]) -> list[RunRecord]:
             run_id=rid, name=run.info.run_name or rid[:8], status=run.info.status,
             params=dict(run.data.params), tags=dict(run.data.tags), metrics=metrics,
             start_time=(run.info.start_time or 0) / 1000.0, analysis=analysis, evals=eval_scores))
+    # second pass: the other layers (and the exact train loss) at each run's comparison point
+    points = align(records, choice).points
+    second: dict[tuple[str, int | None], list[str]] = {}
+    for record in records:
+        step = points[record.run_id].step
+        if step is None:
+            continue
+        for key in needed[record.run_id]:
+            if key == TRAIN_LOSS or (not _needs_history(key) and key != last_var[record.run_id]):
+                second.setdefault((key, step), []).append(record.run_id)
+    at_point = _fetch(client, uri, second, 1)
+    for record in records:
+        for key in needed[record.run_id]:
+            entries = at_point.get((record.run_id, key))
+            if entries:
+                merged = dict(record.metrics.get(key, []))
+                merged.update(_series(entries))
+                record.metrics[key] = sorted(merged.items())
     return records

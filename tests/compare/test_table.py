@@ -15,10 +15,10 @@ from megatron_cod.compare.rundir_source import load_run_dirs
 from megatron_cod.compare.table import build_table
 
 
-def _records(store, selection=None):
+def _records(store, selection=None, choice=PointChoice()):
     client = mlflow_source.open_client(store.uri)
     runs = mlflow_source.select_runs(client, store.uri, selection or mlflow_source.Selection(["exp"]))
-    return mlflow_source.load_records(client, store.uri, runs)
+    return mlflow_source.load_records(client, store.uri, runs, choice)
 
 
 def _table(records, choice=PointChoice()):
