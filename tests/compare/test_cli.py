@@ -92,3 +92,35 @@ def test_existing_output_is_kept(store, tmp_path):
     proc = _cli(["--experiment", "exp", "--tracking-uri", store.uri, "--output-dir", str(out)], tmp_path)
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
     assert (out / "mine.txt").read_text() == "keep"
+
+
+@pytest.mark.slow
+def test_compare_through_a_real_mlflow_server(store, tmp_path):
+    """The REST path: the same numbers from `mlflow server` in front of the store as from the file."""
+    runs = [store.add(f"s{seed}", {"train.seed": seed, "model.num_layers": 4 + 2 * (seed % 2)}) for seed in (1, 2, 3)]
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri,
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        import time
+        import urllib.request
+
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        out_http, out_file = tmp_path / "via_http", tmp_path / "via_file"
+        assert main(["--experiment", "exp", "--tracking-uri", uri, "--output-dir", str(out_http), "--no-mlflow"]) == 0
+        assert main(["--experiment", "exp", "--tracking-uri", store.uri, "--output-dir", str(out_file),
+                     "--no-mlflow"]) == 0
+        tables = [p.read_text().split("## Runs")[1].split("## Figures")[0] for p in
+                  (out_http / "report.md", out_file / "report.md")]
+        assert tables[0] == tables[1]
+        assert all(f"`{r.name}`" in tables[0] for r in runs)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
