@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -101,7 +103,8 @@ def test_compare_through_a_real_mlflow_server(store, tmp_path):
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri,
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     try:
         uri = f"http://127.0.0.1:{port}"
         import time
@@ -122,5 +125,5 @@ def test_compare_through_a_real_mlflow_server(store, tmp_path):
         assert tables[0] == tables[1]
         assert all(f"`{r.name}`" in tables[0] for r in runs)
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)  # the server's workers and job consumer too
         server.wait(timeout=30)
