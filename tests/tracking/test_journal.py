@@ -67,3 +67,14 @@ def test_tracker_without_mlflow(tmp_path):
     tracker.log_metrics({"loss": 1.0}, 0)
     tracker.finish()
     assert not (tmp_path / "r" / JOURNAL_NAME).exists()
+
+
+@pytest.mark.parametrize("status", ["FINISHED", "FAILED", "KILLED"])
+def test_run_directory_records_its_status(tmp_path, status):
+    from megatron_cod.tracking.journal import read_status
+
+    tracker = Tracker.start(JOURNAL_ONLY, tmp_path / "run", params={})
+    assert read_status(tmp_path / "run") == "RUNNING"
+    tracker.finish(status)
+    assert read_status(tmp_path / "run") == status
+    assert read_status(tmp_path / "elsewhere") == "UNKNOWN"
