@@ -22,6 +22,7 @@ SHORT_NAMES = {
     "model.moe_ffn_hidden_size": "expert_ffn",
     "model.hidden_size": "d",
     "model.layernorm_scaling": "lns",
+    "model.norm_placement": "norm",
     "train.train_iters": "iters",
 }
 
