@@ -54,6 +54,7 @@ def _from_init(tmp, name):
     ("tp2", "dense", "mix", 2, ["--tensor-model-parallel-size", "2"]),
     ("ep2", "moe", "mix", 2, ["--expert-model-parallel-size", "2"]),
     ("pp2", "moe", "mix", 2, ["--pipeline-model-parallel-size", "2"]),
+    ("dp2_distributed_optimizer", "moe", "mix", 2, ["--use-distributed-optimizer"]),
 ])
 def test_same_losses_as_single_rank(runs, name, kind, placement, nproc, extra):
     tmp, baseline = runs
