@@ -22,6 +22,7 @@ import yaml
 
 from megatron_cod.compare.errors import CompareError
 from megatron_cod.sweep.spec import MemberRun, Sweep, load_sweep, shipped_sweeps
+from megatron_cod.tracking import tags
 
 
 class _Parser(argparse.ArgumentParser):
@@ -127,7 +128,8 @@ class SweepRunner:
         training = finished.get((run.member.id, str(run.seed), run_hash(run.config)))
         if training is None or training.info.run_id in analyzed(self.uri, [training]):
             return []
-        out = directory / "analysis"
+        # beside the run's journal, where cod-compare --run-dirs looks for it
+        out = Path(training.data.tags.get(tags.RUN_DIR, directory)) / "analysis"
         cmd = [sys.executable, "-m", "megatron_cod.analysis.cli", *self.sweep.analyze_args,
                "--checkpoint", str(directory / "checkpoints"), "--output-dir", str(out), "--overwrite", "--quiet",
                "--mlflow-run-id", training.info.run_id]
