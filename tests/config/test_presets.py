@@ -13,7 +13,7 @@ PAPER_TOKENS = 5e9  # scripts/train_script.sh max_duration
 
 def test_available_presets():
     placements = {f"{base}_{v}" for base in ("cpu_dense", "paper_dense_l32") for v in ("lns", "peri", "mix")}
-    assert set(available_presets()) == {"cpu_moe_deep", "cpu_dense_deep", *PAPER, *placements}
+    assert set(available_presets()) == {"cpu_moe_deep", "cpu_dense_deep", "cpu_sweep_base", *PAPER, *placements}
 
 
 @pytest.mark.parametrize("name", sorted(available_presets()))
