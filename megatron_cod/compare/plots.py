@@ -109,8 +109,8 @@ def history_plot(groups: list[Group], alignment: Alignment, out: Path, key_of, n
 
 
 def _last_var_key(run: RunRecord) -> str:
-    layers = run.layer_series(VAR_KEY)
-    return f"depth/var/layer_{max(layers):0{3 if max(layers) >= 100 else 2}d}" if layers else ""
+    keys = [key for key in run.metrics if VAR_KEY.match(key)]
+    return max(keys, key=lambda key: int(VAR_KEY.match(key).group(1))) if keys else ""
 
 
 def analysis_plots(groups: list[Group], out: Path, normalized: bool) -> list[str]:
