@@ -68,7 +68,7 @@ def _store_call(uri: str, what: str, fn, *args, **kwargs):
         raise CompareError(f"cannot reach the MLflow tracking server at {uri}: {type(exc).__name__}") from None
 
 
-def _search(client: Any, uri: str, experiment_ids: list[str], filter_string: str, what: str) -> list[Any]:
+def search_runs(client: Any, uri: str, experiment_ids: list[str], filter_string: str, what: str) -> list[Any]:
     runs, token = [], None
     while True:
         page = _store_call(uri, what, client.search_runs, experiment_ids, filter_string=filter_string,
@@ -77,6 +77,10 @@ def _search(client: Any, uri: str, experiment_ids: list[str], filter_string: str
         token = page.token
         if not token:
             return runs
+
+
+def all_experiment_ids(client: Any, uri: str) -> list[str]:
+    return [e.experiment_id for e in _store_call(uri, "listing experiments", client.search_experiments)]
 
 
 def _is_training_run(run: Any) -> bool:
@@ -100,8 +104,7 @@ def select_runs(client: Any, uri: str, selection: Selection) -> list[Any]:
                                    f"{', '.join(known) or 'none'})")
             experiment_ids.append(experiment.experiment_id)
     else:
-        experiment_ids = [e.experiment_id for e in
-                          _store_call(uri, "listing experiments", client.search_experiments)]
+        experiment_ids = all_experiment_ids(client, uri)
     clauses = []
     if selection.sweep:
         clauses.append(f"tags.`{tags.SWEEP}` = {_quote(selection.sweep)}")
@@ -110,7 +113,7 @@ def select_runs(client: Any, uri: str, selection: Selection) -> list[Any]:
     found: dict[str, Any] = {}
     if selection.experiments or selection.sweep or selection.filter or not selection.run_ids:
         if experiment_ids:
-            for run in _search(client, uri, experiment_ids, " and ".join(clauses),
+            for run in search_runs(client, uri, experiment_ids, " and ".join(clauses),
                                "--filter" if selection.filter else "searching runs"):
                 found[run.info.run_id] = run
     for run_id in selection.run_ids:
@@ -161,10 +164,10 @@ def _series(metrics: Iterable[Any]) -> list[tuple[int, float]]:
     return sorted(by_step.items())
 
 
-def _nested(client: Any, uri: str, experiment_ids: list[str], kind: str, parents: set[str]) -> dict[str, Any]:
+def nested_runs(client: Any, uri: str, experiment_ids: list[str], kind: str, parents: set[str]) -> dict[str, Any]:
     """{parent run id: its newest FINISHED nested run of `kind`}."""
     newest: dict[str, Any] = {}
-    for run in _search(client, uri, experiment_ids, f"tags.`{tags.KIND}` = {_quote(kind)}", f"finding {kind} runs"):
+    for run in search_runs(client, uri, experiment_ids, f"tags.`{tags.KIND}` = {_quote(kind)}", f"finding {kind} runs"):
         parent = run.data.tags.get(tags.PARENT_RUN) or run.data.tags.get("megatron_cod.training_run_id")
         if parent in parents and run.info.status == "FINISHED":
             if parent not in newest or run.info.start_time > newest[parent].info.start_time:
@@ -183,8 +186,8 @@ def load_records(client: Any, uri: str, runs: list[Any], choice: PointChoice) ->
     then every other per-layer value at that point only; plus the newest nested analysis and eval."""
     parents = {run.info.run_id for run in runs}
     experiment_ids = sorted({run.info.experiment_id for run in runs})
-    analyses = _nested(client, uri, experiment_ids, tags.KIND_ANALYSIS, parents)
-    evals = _nested(client, uri, experiment_ids, tags.KIND_EVAL, parents)
+    analyses = nested_runs(client, uri, experiment_ids, tags.KIND_ANALYSIS, parents)
+    evals = nested_runs(client, uri, experiment_ids, tags.KIND_EVAL, parents)
     needed = {run.info.run_id: [k for k in run.data.metrics if is_needed_key(k)] for run in runs}
     last_var = {rid: max((k for k in keys if VAR_KEY.match(k)), default=None) for rid, keys in needed.items()}
     first: dict[tuple[str, int | None], list[str]] = {}

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megatron_cod.compare.mlflow_source import open_client
-from megatron_cod.compare.errors import CompareError
+from megatron_cod.compare.mlflow_source import all_experiment_ids, nested_runs, open_client, search_runs
 from megatron_cod.config import ExperimentConfig
 from megatron_cod.config.fingerprint import config_hash
 from megatron_cod.sweep.spec import MemberRun
@@ -46,16 +45,9 @@ def finished_runs(uri: str, sweep: str) -> dict[tuple[str, str, str], Any]:
     if db is not None and not db.is_file():
         return {}
     client = open_client(uri)
-    from mlflow.exceptions import MlflowException
-
-    try:
-        experiments = [e.experiment_id for e in client.search_experiments()]
-        runs = client.search_runs(experiments, filter_string=f"tags.`{tags.SWEEP}` = '{sweep}'",
-                                  max_results=50000) if experiments else []
-    except MlflowException as exc:
-        raise CompareError(f"MLflow store {uri}: {' '.join(str(exc.message).split())}") from None
-    except OSError as exc:
-        raise CompareError(f"cannot reach the MLflow tracking server at {uri}: {type(exc).__name__}") from None
+    experiments = all_experiment_ids(client, uri)
+    runs = search_runs(client, uri, experiments, f"tags.`{tags.SWEEP}` = '{sweep}'",
+                       "finding the sweep's runs") if experiments else []
     out: dict[tuple[str, str, str], Any] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):
         t = run.data.tags
@@ -73,9 +65,6 @@ def state_of(run: MemberRun, directory: Path, finished: dict[tuple[str, str, str
 
 def analyzed(uri: str, training_runs: list[Any]) -> set[str]:
     """Ids of the given training runs that already have a FINISHED nested analysis run."""
-    client = open_client(uri)
-    ids = {run.info.run_id for run in training_runs}
     experiments = sorted({run.info.experiment_id for run in training_runs})
-    found = client.search_runs(experiments, filter_string=f"tags.`{tags.KIND}` = '{tags.KIND_ANALYSIS}'",
-                               max_results=50000)
-    return {r.data.tags.get(tags.PARENT_RUN) for r in found if r.info.status == "FINISHED"} & ids
+    return set(nested_runs(open_client(uri), uri, experiments, tags.KIND_ANALYSIS,
+                           {run.info.run_id for run in training_runs}))
