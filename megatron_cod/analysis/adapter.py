@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 LayerFn = Callable[[torch.Tensor], torch.Tensor]
 # What runs at a position: a layer module index, None (skip: output = input) or a function.
-LayerOp = Union[int, None, LayerFn]
+LayerOp = int | None | LayerFn
 # Called after every position with (position, input, output).
 LayerHook = Callable[[int, torch.Tensor, torch.Tensor], None]
 
@@ -132,4 +132,3 @@ def swap_layers(l1: int, l2: int) -> dict[int, LayerOp]:
     if l1 == l2:
         raise ValueError("swap needs two different layers")
     return {l1: l2, l2: l1}
-

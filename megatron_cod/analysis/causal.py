@@ -63,7 +63,9 @@ class CausalResult:
         }
 
 
-def causal_scores(evalset: EvalSet, config: CausalConfig, progress: ProgressReporter = NO_PROGRESS) -> CausalResult:
+def causal_scores(
+    evalset: EvalSet, config: CausalConfig, progress: ProgressReporter = NO_PROGRESS
+) -> CausalResult:
     stack = evalset.stack
     num_layers = stack.num_layers
     stop = evalset.limit(config.max_sequences)
@@ -85,9 +87,17 @@ def causal_scores(evalset: EvalSet, config: CausalConfig, progress: ProgressRepo
             base = log_probs(stack.head(states[-1]))
             for s in range(num_layers):
 
-                def compare(position: int, h_in: torch.Tensor, h_out: torch.Tensor, s: int = s) -> None:
+                def compare(
+                    position: int,
+                    h_in: torch.Tensor,
+                    h_out: torch.Tensor,
+                    s: int = s,
+                    base_updates: list = base_updates,
+                ) -> None:
                     if position > s:
-                        numerator[s, position] += float(per_token_norm(h_out - h_in - base_updates[position]).sum())
+                        numerator[s, position] += float(
+                            per_token_norm(h_out - h_in - base_updates[position]).sum()
+                        )
 
                 h = stack.run(states[s], batch.ctx, start=s, overrides=skip_layers(s), hook=compare)
                 skipped = log_probs(stack.head(h))
@@ -96,7 +106,9 @@ def causal_scores(evalset: EvalSet, config: CausalConfig, progress: ProgressRepo
                 loss_sum[s] += float(row_loss_sums(skipped, batch.input_ids).sum())
                 advance()
     mean_den = denominator / tokens
-    matrix = np.where(mean_den[None, :] > _DENOMINATOR_FLOOR, numerator / np.maximum(denominator, 1e-300)[None, :], 0.0)
+    matrix = np.where(
+        mean_den[None, :] > _DENOMINATOR_FLOOR, numerator / np.maximum(denominator, 1e-300)[None, :], 0.0
+    )
     matrix = np.triu(matrix, k=1)
     baseline = evalset.baseline_loss(0, stop)
     skips = []

@@ -1,8 +1,8 @@
 """``cod-analyze``: depth-utilization metrics of a model on held-out data, to a report directory.
 
-    cod-analyze {jacobian,usefulness,causal,permutation,similarity,logit-lens,variance,all}
-        (--hf-model DIR | --checkpoint DIR) (--data-prefix PREFIX | --text-file FILE --tokenizer JSON)
-        [--output-dir DIR] [--overwrite] [--mlflow-run-id ID] ...
+cod-analyze {jacobian,usefulness,causal,permutation,similarity,logit-lens,variance,all}
+    (--hf-model DIR | --checkpoint DIR) (--data-prefix PREFIX | --text-file FILE --tokenizer JSON)
+    [--output-dir DIR] [--overwrite] [--mlflow-run-id ID] ...
 """
 
 from __future__ import annotations
@@ -63,8 +63,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--split", help="train,valid,test document weights (default 949,50,1)")
     data.add_argument("--split-part", choices=SPLIT_PARTS, help="which part to evaluate on (default valid)")
     data.add_argument("--num-samples", type=_positive_int, default=64, help="sequences drawn (default 64)")
-    data.add_argument("--seq-length", type=_positive_int,
-                      help="tokens per sequence (default: the checkpoint's training length, else 512)")
+    data.add_argument(
+        "--seq-length",
+        type=_positive_int,
+        help="tokens per sequence (default: the checkpoint's training length, else 512)",
+    )
     data.add_argument("--batch-size", type=_positive_int, default=8)
     data.add_argument("--seed", type=int, default=0, help="seeds sampling and the random probes")
     data.add_argument(
@@ -74,7 +77,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="sequences (the first of the draw) for the metrics that evaluate the output distribution: "
         "usefulness loss, causal, permutation, pruning curves, logit lens (default 4)",
     )
-    data.add_argument("--cache-gb", type=float, default=2.0, help="memory for cached layer inputs (default 2)")
+    data.add_argument(
+        "--cache-gb", type=float, default=2.0, help="memory for cached layer inputs (default 2)"
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--output-dir", help="report directory (default depth_analysis/<model name>)")
     out.add_argument("--overwrite", action="store_true", help="replace an existing report directory")
@@ -87,7 +92,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _jacobian_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("jacobian")
     group.add_argument("--jacobian-mode", choices=MODES, default="randomized")
-    group.add_argument("--num-probes", type=_positive_int, default=16, help="Rademacher probes (randomized mode)")
+    group.add_argument(
+        "--num-probes", type=_positive_int, default=16, help="Rademacher probes (randomized mode)"
+    )
     group.add_argument(
         "--jacobian-variants",
         default=",".join(VARIANTS),
@@ -101,7 +108,9 @@ def _usefulness_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--usefulness-threshold", type=float, default=1.1, help="loss ratio above which a layer is useful"
     )
-    group.add_argument("--held-out-fit", action="store_true", help="fit on half the sequences, evaluate on the rest")
+    group.add_argument(
+        "--held-out-fit", action="store_true", help="fit on half the sequences, evaluate on the rest"
+    )
 
 
 def _permutation_args(parser: argparse.ArgumentParser) -> None:
@@ -157,7 +166,9 @@ def _suite_config(args: argparse.Namespace, num_layers: int) -> SuiteConfig:
             )
         if hasattr(args, "usefulness_threshold"):
             kwargs["usefulness"] = UsefulnessConfig(
-                threshold=args.usefulness_threshold, held_out_fit=args.held_out_fit, eval_max_sequences=loss_cap
+                threshold=args.usefulness_threshold,
+                held_out_fit=args.held_out_fit,
+                eval_max_sequences=loss_cap,
             )
         if hasattr(args, "pairs"):
             pairs = tuple(parse_pairs(args.pairs, num_layers))
@@ -179,7 +190,9 @@ def _data_config(args: argparse.Namespace, defaults: dict[str, Any]) -> DataConf
     }
     if args.data_prefix is None and args.text_file is None:
         if not defaults:
-            raise AnalysisError("give evaluation data: --data-prefix PREFIX or --text-file FILE --tokenizer JSON")
+            raise AnalysisError(
+                "give evaluation data: --data-prefix PREFIX or --text-file FILE --tokenizer JSON"
+            )
         known = {k: v for k, v in defaults.items() if k in given}
         given = {**known, **{k: v for k, v in given.items() if v is not None}}
     fields = {k: v for k, v in given.items() if v is not None}
@@ -202,7 +215,11 @@ def run(args: argparse.Namespace) -> Path:
         evalset = EvalSet(stack, tokens, args.batch_size, cache_bytes=int(args.cache_gb * 2**30))
     except ValueError as exc:
         raise AnalysisError(str(exc)) from exc
-    if "jacobian" in config.metrics and config.jacobian.mode == "exact" and "position" in config.jacobian.variants:
+    if (
+        "jacobian" in config.metrics
+        and config.jacobian.mode == "exact"
+        and "position" in config.jacobian.variants
+    ):
         print(
             f"note: exact same-position Jacobians cost seq_length x hidden = {tokens.shape[1] * stack.hidden_size} "
             "backward passes per batch and layer; the randomized mode estimates them",
@@ -234,13 +251,24 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def log_report(
-    args: argparse.Namespace, parent: str | None, output_dir: Path, results: SuiteResults, meta: dict[str, Any]
+    args: argparse.Namespace,
+    parent: str | None,
+    output_dir: Path,
+    results: SuiteResults,
+    meta: dict[str, Any],
 ) -> str:
     params = {k: jsonable(meta[k]) for k in ("arguments", "model", "data")}
     params["data"].pop("chunks", None)
     run_name = f"depth-analysis-{args.command}-{output_dir.name}"
-    return log_to_mlflow(output_dir, results, params, args.mlflow_run_id or parent, args.mlflow_experiment, run_name,
-                         parent_required=args.mlflow_run_id is not None)
+    return log_to_mlflow(
+        output_dir,
+        results,
+        params,
+        args.mlflow_run_id or parent,
+        args.mlflow_experiment,
+        run_name,
+        parent_required=args.mlflow_run_id is not None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,9 @@ class DataConfig:
         if (self.data_prefix is None) == (self.text_file is None):
             raise AnalysisError("give exactly one of --data-prefix and --text-file")
         if self.text_file is not None and self.tokenizer is None:
-            raise AnalysisError("--text-file needs --tokenizer (a tokenizer.json file or a directory holding one)")
+            raise AnalysisError(
+                "--text-file needs --tokenizer (a tokenizer.json file or a directory holding one)"
+            )
         if self.num_samples < 1 or self.seq_length < 2:
             raise AnalysisError("--num-samples must be >= 1 and --seq-length >= 2")
         if self.split_part not in SPLIT_PARTS:
@@ -75,7 +77,9 @@ def split_range(num_documents: int, split: str, part: str) -> tuple[int, int]:
     )
 
     try:
-        bookends = convert_split_vector_to_split_matrix(parse_and_normalize_split(split))[SPLIT_PARTS.index(part)]
+        bookends = convert_split_vector_to_split_matrix(parse_and_normalize_split(split))[
+            SPLIT_PARTS.index(part)
+        ]
     except (AssertionError, ValueError, ZeroDivisionError) as exc:
         raise AnalysisError(f"bad --split {split!r}: expected weights like '949,50,1'") from exc
     if bookends is None:

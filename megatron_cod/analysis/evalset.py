@@ -107,7 +107,9 @@ class EvalSet:
                 yield batch
             else:
                 ids = batch.input_ids[lo:hi]
-                yield Batch(ids, self.stack.prepare(ids), [h[lo:hi] for h in batch.states], batch.row_loss_sums[lo:hi])
+                yield Batch(
+                    ids, self.stack.prepare(ids), [h[lo:hi] for h in batch.states], batch.row_loss_sums[lo:hi]
+                )
 
     def baseline_loss(self, start: int = 0, stop: int | None = None) -> float:
         """Mean next-token loss of the unperturbed model over sequences [start, stop)."""

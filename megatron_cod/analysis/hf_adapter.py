@@ -86,7 +86,11 @@ class HFLayerStack(LayerStack):
         shape_ref = torch.empty(batch, seq, self.hidden_size, dtype=torch.float32, device=input_ids.device)
         position_ids = torch.arange(seq, device=input_ids.device).unsqueeze(0)
         mask_kwargs = dict(
-            config=self._config, inputs_embeds=shape_ref, attention_mask=None, cache=None, position_ids=position_ids
+            config=self._config,
+            inputs_embeds=shape_ref,
+            attention_mask=None,
+            cache=None,
+            position_ids=position_ids,
         )
         kinds = {self._layer_type(i) for i in range(self.num_layers)}
         masks: dict[str, Any] = {}

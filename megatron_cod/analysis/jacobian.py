@@ -50,7 +50,9 @@ class JacobianConfig:
         if self.mode not in MODES:
             raise ValueError(f"jacobian mode must be one of {MODES}, got {self.mode!r}")
         if not self.variants or any(v not in VARIANTS for v in self.variants):
-            raise ValueError(f"jacobian variants must be a non-empty subset of {VARIANTS}, got {self.variants}")
+            raise ValueError(
+                f"jacobian variants must be a non-empty subset of {VARIANTS}, got {self.variants}"
+            )
         if self.num_probes < 3:
             raise ValueError("num_probes must be >= 3")
         if self.max_sequences is not None and self.max_sequences < 1:
@@ -82,7 +84,9 @@ class JacobianResult:
             diag_means = np.array([r.scores.diagonal_mean.value for r in rows])
             out.update(
                 {
-                    f"jacobian_{variant}_mean_norm": float(np.mean([r.scores.jacobian_norm.value for r in rows])),
+                    f"jacobian_{variant}_mean_norm": float(
+                        np.mean([r.scores.jacobian_norm.value for r in rows])
+                    ),
                     # how close the deep half sits to the identity: the curse of depth's signature
                     f"jacobian_{variant}_last_half_mean_norm": float(
                         np.mean([r.scores.jacobian_norm.value for r in rows[len(rows) // 2 :]])
@@ -117,7 +121,9 @@ def cross_token_vjp_sums(y: torch.Tensor, x: torch.Tensor, probes: torch.Tensor)
     return torch.stack([_vjp(y, x, u.expand_as(y)).sum(dim=(0, 1)) for u in probes]).double()
 
 
-def position_vjp_sums(y: torch.Tensor, x: torch.Tensor, probes: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+def position_vjp_sums(
+    y: torch.Tensor, x: torch.Tensor, probes: torch.Tensor, signs: torch.Tensor
+) -> torch.Tensor:
     """Row k: sum_t sigma_k[t] g_k[t] with g_k the VJP of cotangent sigma_k[t'] u_k (signs [K, b, s]).
 
     Expectation over the signs is N u_k^T J_position: the cross-token terms carry a factor

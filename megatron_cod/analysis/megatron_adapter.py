@@ -27,7 +27,9 @@ class MegatronBatchContext:
 class MegatronLayerStack(LayerStack):
     """A GPTModel (pre and post process on this rank) in fp32 eval mode, parameters frozen."""
 
-    def __init__(self, model: torch.nn.Module, source: str | None = None, iteration: int | None = None) -> None:
+    def __init__(
+        self, model: torch.nn.Module, source: str | None = None, iteration: int | None = None
+    ) -> None:
         model.float().eval()
         model.requires_grad_(False)
         self.model = model
@@ -51,9 +53,14 @@ class MegatronLayerStack(LayerStack):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         cfg = self.model.config
-        info.update(adapter="megatron", source=self._source, iteration=self._iteration,
-                    num_experts=cfg.num_moe_experts, num_query_groups=cfg.num_query_groups,
-                    num_attention_heads=cfg.num_attention_heads)
+        info.update(
+            adapter="megatron",
+            source=self._source,
+            iteration=self._iteration,
+            num_experts=cfg.num_moe_experts,
+            num_query_groups=cfg.num_query_groups,
+            num_attention_heads=cfg.num_attention_heads,
+        )
         return info
 
     def prepare(self, input_ids: torch.Tensor) -> MegatronBatchContext:
@@ -61,12 +68,17 @@ class MegatronLayerStack(LayerStack):
         return MegatronBatchContext(rope(input_ids.shape[1]) if rope is not None else None)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
+        positions = (
+            torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
+        )
         return self.model.embedding(input_ids=input_ids, position_ids=positions).transpose(0, 1).float()
 
     def layer_forward(self, index: int, h: torch.Tensor, ctx: MegatronBatchContext) -> torch.Tensor:
-        out, _ = self._layers[index](hidden_states=h.transpose(0, 1).contiguous(), attention_mask=None,
-                                     rotary_pos_emb=ctx.rotary_pos_emb)
+        out, _ = self._layers[index](
+            hidden_states=h.transpose(0, 1).contiguous(),
+            attention_mask=None,
+            rotary_pos_emb=ctx.rotary_pos_emb,
+        )
         return out.transpose(0, 1)
 
     def final_norm(self, h: torch.Tensor) -> torch.Tensor:
@@ -98,19 +110,32 @@ def load_megatron_stack(path: str | Path) -> tuple[MegatronLayerStack, dict[str,
 
     ckpt_dir, cfg = read_checkpoint_config(path)
     meta = read_checkpoint_meta(ckpt_dir)
-    single = cfg.with_overrides({"parallel.tensor_model_parallel_size": 1, "parallel.pipeline_model_parallel_size": 1,
-                                 "parallel.expert_model_parallel_size": 1, "parallel.sequence_parallel": False,
-                                 "parallel.use_distributed_optimizer": False, "model.recompute_granularity": None,
-                                 "model.recompute_method": None, "model.recompute_num_layers": None,
-                                 "model.bf16": False})
+    single = cfg.with_overrides(
+        {
+            "parallel.tensor_model_parallel_size": 1,
+            "parallel.pipeline_model_parallel_size": 1,
+            "parallel.expert_model_parallel_size": 1,
+            "parallel.sequence_parallel": False,
+            "parallel.use_distributed_optimizer": False,
+            "model.recompute_granularity": None,
+            "model.recompute_method": None,
+            "model.recompute_num_layers": None,
+            "model.bf16": False,
+        }
+    )
     if not torch.distributed.is_initialized():
         platform.initialize(seed=cfg.train.seed)
     tokenizer = load_tokenizer(ckpt_dir / "tokenizer")
-    model = build_gpt_model(single.model, tokenizer.vocab_size, single.parallel, pre_process=True, post_process=True)
+    model = build_gpt_model(
+        single.model, tokenizer.vocab_size, single.parallel, pre_process=True, post_process=True
+    )
     layout = {"world_size": 1, "tp": 1, "pp": 1, "ep": 1, "distributed_optimizer": 0}
     iteration, _ = load_checkpoint(ckpt_dir, [model], None, None, layout, load_optim=False, load_rng=False)
-    return (MegatronLayerStack(model, source=str(ckpt_dir), iteration=iteration),
-            _data_defaults(cfg, ckpt_dir), meta.get("mlflow_run_id"))
+    return (
+        MegatronLayerStack(model, source=str(ckpt_dir), iteration=iteration),
+        _data_defaults(cfg, ckpt_dir),
+        meta.get("mlflow_run_id"),
+    )
 
 
 def _data_defaults(cfg: Any, ckpt_dir: Path) -> dict[str, Any]:

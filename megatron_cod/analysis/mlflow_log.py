@@ -46,8 +46,9 @@ def _find_run(client, run_id: str | None, required: bool):
         return None
 
 
-def create_run(parent_run_id: str | None, experiment: str, run_name: str, kind: str,
-               parent_required: bool = True):
+def create_run(
+    parent_run_id: str | None, experiment: str, run_name: str, kind: str, parent_required: bool = True
+):
     """(client, run id) of a new run tagged ``kind`` (run_tags.KIND_*), nested under
     ``parent_run_id`` when that run is in this store.
 
@@ -74,7 +75,9 @@ def create_run(parent_run_id: str | None, experiment: str, run_name: str, kind: 
             elif "MLFLOW_TRACKING_URI" in os.environ:
                 experiment_id = client.create_experiment(experiment)
             else:
-                experiment_id = client.create_experiment(experiment, artifact_location=(cwd / "mlartifacts").as_uri())
+                experiment_id = client.create_experiment(
+                    experiment, artifact_location=(cwd / "mlartifacts").as_uri()
+                )
         run = client.create_run(experiment_id, tags=tags, run_name=run_name)
     except MlflowException as exc:
         raise AnalysisError(f"MLflow: {exc.message}") from exc

@@ -56,7 +56,9 @@ def plot_jacobian(result: JacobianResult, out: Path) -> list[str]:
         ax.legend()
     ax = axes.flat[3]
     spectral = [
-        (r.layer, r.scores.spectral_norm, r.variant) for r in result.layers if r.scores.spectral_norm is not None
+        (r.layer, r.scores.spectral_norm, r.variant)
+        for r in result.layers
+        if r.scores.spectral_norm is not None
     ]
     if spectral:
         for variant in dict.fromkeys(v for _, _, v in spectral):
@@ -68,7 +70,11 @@ def plot_jacobian(result: JacobianResult, out: Path) -> list[str]:
         ax.text(0.5, 0.5, "spectral norm: exact mode only", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
     ax.set_xlabel("layer")
-    mode = result.mode if result.num_probes is None else f"{result.mode}, {result.num_probes} probes (bars: 1 s.e.)"
+    mode = (
+        result.mode
+        if result.num_probes is None
+        else f"{result.mode}, {result.num_probes} probes (bars: 1 s.e.)"
+    )
     fig.suptitle(f"Layer Jacobians ({mode}, {result.num_tokens} tokens)")
     _save(fig, out / "jacobian.png")
     return ["jacobian.png"]
@@ -112,16 +118,33 @@ def plot_causal(result: CausalResult, out: Path) -> list[str]:
     _save(fig, out / "causal_matrix.png")
     skips = result.skips
     _kl_with_agreement(
-        [s.layer for s in skips], [s.kl for s in skips], [s.top1_agreement for s in skips],
-        bars=True, kl_label="KL(p_base || p_skip)", xlabel="skipped layer", ylabel="KL (nats)",
-        title="Output change when one layer is skipped", legend_loc="upper right",
+        [s.layer for s in skips],
+        [s.kl for s in skips],
+        [s.top1_agreement for s in skips],
+        bars=True,
+        kl_label="KL(p_base || p_skip)",
+        xlabel="skipped layer",
+        ylabel="KL (nats)",
+        title="Output change when one layer is skipped",
+        legend_loc="upper right",
         path=out / "causal_output_change.png",
     )
     return ["causal_matrix.png", "causal_output_change.png"]
 
 
-def _kl_with_agreement(x: list, kl: list[float], agreement: list[float], *, bars: bool, kl_label: str,
-                       xlabel: str, ylabel: str, title: str, legend_loc: str, path: Path) -> None:
+def _kl_with_agreement(
+    x: list,
+    kl: list[float],
+    agreement: list[float],
+    *,
+    bars: bool,
+    kl_label: str,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    legend_loc: str,
+    path: Path,
+) -> None:
     """KL on the left axis, top-1 agreement (0..1) on the right: the causal and logit-lens views."""
     fig, ax1 = plt.subplots(figsize=(9, 4.5))
     if bars:
@@ -163,13 +186,18 @@ def plot_similarity(result: SimilarityResult, out: Path) -> list[str]:
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     panels = ((axes[0], result.angular_last, "last token"), (axes[1], result.angular_all, "all tokens"))
     for ax, matrix, title in panels:
-        _heatmap(ax, matrix.T, f"Angular distance d(l, n), {title}", "start layer l", "block size n", "viridis", 1)
+        _heatmap(
+            ax, matrix.T, f"Angular distance d(l, n), {title}", "start layer l", "block size n", "viridis", 1
+        )
     _save(fig, out / "angular_distance.png")
     files.append("angular_distance.png")
 
     if result.pruning_bi:
         fig, ax = plt.subplots(figsize=(8, 4.5))
-        curves = ((result.pruning_bi, "Block-Influence order", "o-"), (result.pruning_angular, "angular block", "s--"))
+        curves = (
+            (result.pruning_bi, "Block-Influence order", "o-"),
+            (result.pruning_angular, "angular block", "s--"),
+        )
         for steps, label, style in curves:
             ax.plot([s.num_removed for s in steps], [s.perplexity for s in steps], style, label=label)
         ax.set_yscale("log")
@@ -185,9 +213,15 @@ def plot_similarity(result: SimilarityResult, out: Path) -> list[str]:
 def plot_logit_lens(result: LogitLensResult, out: Path) -> list[str]:
     states = result.states
     _kl_with_agreement(
-        [s.state for s in states], [s.kl_to_final for s in states], [s.top1_agreement for s in states],
-        bars=False, kl_label="KL to final", xlabel="residual state (0 = embeddings, l + 1 = after layer l)",
-        ylabel="KL(p_final || p_l) (nats)", title="Logit lens", legend_loc="center right",
+        [s.state for s in states],
+        [s.kl_to_final for s in states],
+        [s.top1_agreement for s in states],
+        bars=False,
+        kl_label="KL to final",
+        xlabel="residual state (0 = embeddings, l + 1 = after layer l)",
+        ylabel="KL(p_final || p_l) (nats)",
+        title="Logit lens",
+        legend_loc="center right",
         path=out / "logit_lens.png",
     )
     return ["logit_lens.png"]

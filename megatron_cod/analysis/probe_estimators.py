@@ -88,15 +88,21 @@ def _scalar_estimates(q: torch.Tensor, tau: torch.Tensor, diag_terms: torch.Tens
     )
 
 
-def jackknife(stat: Callable[[torch.Tensor], torch.Tensor], num_probes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def jackknife(
+    stat: Callable[[torch.Tensor], torch.Tensor], num_probes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``stat(index)`` evaluated on all probes, and its leave-one-out jackknife standard error."""
     full = stat(torch.arange(num_probes))
-    loo = torch.stack([stat(torch.cat([torch.arange(k), torch.arange(k + 1, num_probes)])) for k in range(num_probes)])
+    loo = torch.stack(
+        [stat(torch.cat([torch.arange(k), torch.arange(k + 1, num_probes)])) for k in range(num_probes)]
+    )
     spread = ((loo - loo.mean(dim=0)) ** 2).sum(dim=0) * (num_probes - 1) / num_probes
     return full, spread.sqrt()
 
 
-def randomized_identity_distance(probes: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> IdentityDistance:
+def randomized_identity_distance(
+    probes: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor
+) -> IdentityDistance:
     """Estimates from probes U (K x d) and two noisy products w1, w2 ~ U A (K x d), A = J - I."""
     u, w1, w2 = probes.double(), w1.double(), w2.double()
     k = u.shape[0]

@@ -74,7 +74,9 @@ def _summary(results: SuiteResults, meta: dict[str, Any], figures: list[str], ta
     lines += ["", "## Wall time (s)", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in results.seconds.items()]
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
-    lines += ["", "## Tables", ""] + [f"- [{t}]({t})" for t in tables] + ["- [results.json](results.json)", ""]
+    lines += (
+        ["", "## Tables", ""] + [f"- [{t}]({t})" for t in tables] + ["- [results.json](results.json)", ""]
+    )
     return "\n".join(lines)
 
 

@@ -75,7 +75,9 @@ class SimilarityResult:
 PRUNE_LOSS_TOLERANCE = 0.05
 
 
-def prunable_fraction(curve: list[PruneStep], num_layers: int, tolerance: float = PRUNE_LOSS_TOLERANCE) -> float:
+def prunable_fraction(
+    curve: list[PruneStep], num_layers: int, tolerance: float = PRUNE_LOSS_TOLERANCE
+) -> float:
     """Largest n/L such that removing the first n layers of the curve, and every prefix before it,
     keeps the loss within (1 + tolerance) x the unpruned loss (curve[0] removes nothing)."""
     limit = curve[0].loss * (1.0 + tolerance)
@@ -102,7 +104,9 @@ def angular_blocks(angular: np.ndarray) -> list[list[int]]:
     return blocks
 
 
-def _pruned_losses(evalset: EvalSet, removal_sets: list[list[int]], stop: int, advance: Advance) -> list[float]:
+def _pruned_losses(
+    evalset: EvalSet, removal_sets: list[list[int]], stop: int, advance: Advance
+) -> list[float]:
     stack = evalset.stack
     totals = np.zeros(len(removal_sets))
     count = 0
@@ -160,7 +164,9 @@ def similarity_scores(
             losses = _pruned_losses(evalset, bi_sets + block_sets, prune_stop, advance)
         unpruned = PruneStep([], evalset.baseline_loss(0, prune_stop))
         pruning_bi = [unpruned] + [PruneStep(r, loss) for r, loss in zip(bi_sets, losses)]
-        pruning_angular = [unpruned] + [PruneStep(r, loss) for r, loss in zip(block_sets, losses[len(bi_sets) :])]
+        pruning_angular = [unpruned] + [
+            PruneStep(r, loss) for r, loss in zip(block_sets, losses[len(bi_sets) :])
+        ]
     return SimilarityResult(
         block_influence=bi_all_list,
         block_influence_last=(bi_last / sequences).tolist(),

@@ -96,7 +96,9 @@ class SuiteResults:
         return out
 
 
-def run_suite(evalset: EvalSet, config: SuiteConfig, progress: ProgressReporter = NO_PROGRESS) -> SuiteResults:
+def run_suite(
+    evalset: EvalSet, config: SuiteConfig, progress: ProgressReporter = NO_PROGRESS
+) -> SuiteResults:
     """Run ``config.metrics`` in suite order; the baseline forwards are shared through ``evalset``."""
     results = SuiteResults()
     if evalset.caches_states:
@@ -109,6 +111,8 @@ def run_suite(evalset: EvalSet, config: SuiteConfig, progress: ProgressReporter 
         if metric not in config.metrics:
             continue
         start = time.perf_counter()
-        setattr(results, metric.replace("-", "_"), _RUNNERS[metric](evalset, config.config_for(metric), progress))
+        setattr(
+            results, metric.replace("-", "_"), _RUNNERS[metric](evalset, config.config_for(metric), progress)
+        )
         results.seconds[metric] = time.perf_counter() - start
     return results

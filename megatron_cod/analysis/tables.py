@@ -86,12 +86,17 @@ def causal_tables(result: CausalResult) -> dict[str, Table]:
     skips = [[s.layer, s.kl, s.top1_agreement, s.loss, s.loss_ratio, s.mean_effect] for s in result.skips]
     return {
         "causal_matrix": (["skipped_layer"] + [f"layer_{l}" for l in range(n)], matrix_rows),
-        "causal_output_change": (["skipped_layer", "kl", "top1_agreement", "loss", "loss_ratio", "mean_effect"], skips),
+        "causal_output_change": (
+            ["skipped_layer", "kl", "top1_agreement", "loss", "loss_ratio", "mean_effect"],
+            skips,
+        ),
     }
 
 
 def permutation_tables(result: PermutationResult) -> dict[str, Table]:
-    return {"permutation": (["l1", "l2", "loss", "score"], [[p.l1, p.l2, p.loss, p.score] for p in result.pairs])}
+    return {
+        "permutation": (["l1", "l2", "loss", "score"], [[p.l1, p.l2, p.loss, p.score] for p in result.pairs])
+    }
 
 
 def similarity_tables(result: SimilarityResult) -> dict[str, Table]:
@@ -112,8 +117,13 @@ def similarity_tables(result: SimilarityResult) -> dict[str, Table]:
     }
     if result.pruning_bi:
         rows = []
-        for order, steps in (("block_influence", result.pruning_bi), ("angular_block", result.pruning_angular)):
-            rows += [[order, s.num_removed, " ".join(map(str, s.removed)), s.loss, s.perplexity] for s in steps]
+        for order, steps in (
+            ("block_influence", result.pruning_bi),
+            ("angular_block", result.pruning_angular),
+        ):
+            rows += [
+                [order, s.num_removed, " ".join(map(str, s.removed)), s.loss, s.perplexity] for s in steps
+            ]
         tables["pruning_curves"] = (["order", "num_removed", "removed_layers", "loss", "perplexity"], rows)
     return tables
 
@@ -129,7 +139,14 @@ def residual_tables(result: ResidualResult) -> dict[str, Table]:
     for l in range(n + 1):
         update = [result.update_norm[l - 1], result.relative_update[l - 1]] if l > 0 else [None, None]
         rows.append([l, result.variance[l], result.norm[l], result.rms[l], *update])
-    header = ["state", "variance", "norm", "rms", "update_norm_of_previous_layer", "relative_update_of_previous_layer"]
+    header = [
+        "state",
+        "variance",
+        "norm",
+        "rms",
+        "update_norm_of_previous_layer",
+        "relative_update_of_previous_layer",
+    ]
     return {"residual_profile": (header, rows)}
 
 

@@ -98,7 +98,9 @@ class NormalEquations:
         self.count = 0
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        x1 = torch.cat([x.reshape(-1, x.shape[-1]).double(), x.new_ones(x[..., :1].numel(), 1, dtype=torch.float64)], 1)
+        x1 = torch.cat(
+            [x.reshape(-1, x.shape[-1]).double(), x.new_ones(x[..., :1].numel(), 1, dtype=torch.float64)], 1
+        )
         y2 = y.reshape(-1, y.shape[-1]).double()
         self.gram += x1.T @ x1
         self.cross += x1.T @ y2
@@ -142,18 +144,25 @@ def usefulness_scores(
     baseline = evalset.baseline_loss(*eval_range)
     loss_sums = [0.0] * num_layers
     count = 0
-    with torch.no_grad(), progress.task("usefulness", evalset.num_batches(*eval_range) * num_layers) as advance:
+    with (
+        torch.no_grad(),
+        progress.task("usefulness", evalset.num_batches(*eval_range) * num_layers) as advance,
+    ):
         for batch in evalset.batches(*eval_range):
             count += batch.loss_count
             for layer, (affine, _) in enumerate(fits):
-                h = stack.run(batch.states[layer], batch.ctx, start=layer, overrides=replace_layer(layer, affine))
+                h = stack.run(
+                    batch.states[layer], batch.ctx, start=layer, overrides=replace_layer(layer, affine)
+                )
                 loss_sums[layer] += loss_sum_from(stack, h, batch.input_ids)
                 advance()
     layers = []
     for layer, ((_, residual), loss_sum) in enumerate(zip(fits, loss_sums)):
         loss = loss_sum / count
         ratio = loss / baseline
-        layers.append(LayerUsefulness(layer, loss, ratio, loss - baseline, ratio > config.threshold, residual))
+        layers.append(
+            LayerUsefulness(layer, loss, ratio, loss - baseline, ratio > config.threshold, residual)
+        )
     return UsefulnessResult(
         baseline_loss=baseline,
         threshold=config.threshold,

@@ -72,15 +72,23 @@ def align(runs: list[RunRecord], choice: PointChoice) -> Alignment:
             step = _nearest(steps, choice.at_step, key=lambda s: s)
             points[run.run_id] = RunPoint(step, _tokens(run, step), steps[-1] >= choice.at_step)
         return Alignment(f"step {choice.at_step} (the nearest telemetry step of each run)", points, None)
-    reach = {run.run_id: _tokens(run, run.telemetry_steps[-1]) for run in runs
-             if run.telemetry_steps and run.tokens_per_step}
+    reach = {
+        run.run_id: _tokens(run, run.telemetry_steps[-1])
+        for run in runs
+        if run.telemetry_steps and run.tokens_per_step
+    }
     if not reach:
-        return Alignment("no run logged per-layer telemetry with a known batch size", 
-                         {run.run_id: RunPoint(None, None, False) for run in runs}, None)
+        return Alignment(
+            "no run logged per-layer telemetry with a known batch size",
+            {run.run_id: RunPoint(None, None, False) for run in runs},
+            None,
+        )
     if choice.at_tokens is not None:
         if choice.at_tokens > max(reach.values()):
-            raise CompareError(f"--at-tokens {choice.at_tokens} is beyond what any selected run reached "
-                               f"(at most {max(reach.values())} tokens)")
+            raise CompareError(
+                f"--at-tokens {choice.at_tokens} is beyond what any selected run reached "
+                f"(at most {max(reach.values())} tokens)"
+            )
         target = choice.at_tokens
         how = f"{target:,} tokens (--at-tokens)"
     else:

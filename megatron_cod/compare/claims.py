@@ -21,8 +21,12 @@ from megatron_cod.tracking import tags
 
 Factor = Callable[[RunRecord], float | None]
 
-MEASURES = {"last_var": "last-layer variance", "growth": "variance growth", "valid_loss": "validation loss",
-            "usefulness_score": "usefulness"}
+MEASURES = {
+    "last_var": "last-layer variance",
+    "growth": "variance growth",
+    "valid_loss": "validation loss",
+    "usefulness_score": "usefulness",
+}
 VARIANCE = ("last_var", "growth")
 
 
@@ -59,25 +63,63 @@ class Claim:
 
 
 CLAIMS = [
-    Claim("Deep-layer variance grows with depth", _param("model.num_layers"), ("model.num_layers",),
-          {"last_var": +1, "growth": +1}, paper="last-layer variance L=12 < 16 < 24 < 32 at every step"),
-    Claim("Moderate weight decay lowers deep-layer variance", _param("optim.weight_decay"),
-          ("optim.weight_decay",), {"last_var": -1, "growth": -1}, max_level=1.0,
-          paper="λ=0.1 ends near 115 against 320 for λ=0"),
-    Claim("Longer context lowers deep-layer variance", _param("model.seq_length"),
-          ("model.seq_length", "train.global_batch_size", "train.micro_batch_size"),
-          {"last_var": -1, "growth": -1}, paper="final variance monotone in T: 3e4 at 256 to 7e2 at 4096"),
-    Claim("GQA (fewer key-value heads) lowers deep-layer variance", _kv_heads,
-          ("model.num_query_groups", "model.group_query_attention"), {"last_var": +1, "growth": +1},
-          paper="G1 ≈ 220, G4 ≈ 125, G16 ≈ 102 at the end"),
-    Claim("MoE lowers deep-layer variance", _is_moe,
-          ("model.num_experts", "model.moe_router_topk", "model.moe_ffn_hidden_size", "model.ffn_hidden_size",
-           "model.moe_aux_loss_coeff", "model.moe_z_loss_coeff"), {"last_var": -1, "growth": -1},
-          paper="Dense-1B ≈ 220 against MoE-7BA1B ≈ 75"),
-    Claim("Usefulness falls with depth", _param("model.num_layers"), ("model.num_layers",),
-          {"usefulness_score": -1}, paper="usefulness 1.00 / 0.81 / 0.63 / 0.56 at L = 12 / 16 / 24 / 32"),
-    Claim("The recipe lowers variance and improves loss", _recipe, (), {"last_var": -1, "growth": -1,
-          "valid_loss": -1}, paper="+4.6 downstream points, usefulness 0.53 → 0.75 at L=32"),
+    Claim(
+        "Deep-layer variance grows with depth",
+        _param("model.num_layers"),
+        ("model.num_layers",),
+        {"last_var": +1, "growth": +1},
+        paper="last-layer variance L=12 < 16 < 24 < 32 at every step",
+    ),
+    Claim(
+        "Moderate weight decay lowers deep-layer variance",
+        _param("optim.weight_decay"),
+        ("optim.weight_decay",),
+        {"last_var": -1, "growth": -1},
+        max_level=1.0,
+        paper="λ=0.1 ends near 115 against 320 for λ=0",
+    ),
+    Claim(
+        "Longer context lowers deep-layer variance",
+        _param("model.seq_length"),
+        ("model.seq_length", "train.global_batch_size", "train.micro_batch_size"),
+        {"last_var": -1, "growth": -1},
+        paper="final variance monotone in T: 3e4 at 256 to 7e2 at 4096",
+    ),
+    Claim(
+        "GQA (fewer key-value heads) lowers deep-layer variance",
+        _kv_heads,
+        ("model.num_query_groups", "model.group_query_attention"),
+        {"last_var": +1, "growth": +1},
+        paper="G1 ≈ 220, G4 ≈ 125, G16 ≈ 102 at the end",
+    ),
+    Claim(
+        "MoE lowers deep-layer variance",
+        _is_moe,
+        (
+            "model.num_experts",
+            "model.moe_router_topk",
+            "model.moe_ffn_hidden_size",
+            "model.ffn_hidden_size",
+            "model.moe_aux_loss_coeff",
+            "model.moe_z_loss_coeff",
+        ),
+        {"last_var": -1, "growth": -1},
+        paper="Dense-1B ≈ 220 against MoE-7BA1B ≈ 75",
+    ),
+    Claim(
+        "Usefulness falls with depth",
+        _param("model.num_layers"),
+        ("model.num_layers",),
+        {"usefulness_score": -1},
+        paper="usefulness 1.00 / 0.81 / 0.63 / 0.56 at L = 12 / 16 / 24 / 32",
+    ),
+    Claim(
+        "The recipe lowers variance and improves loss",
+        _recipe,
+        (),
+        {"last_var": -1, "growth": -1, "valid_loss": -1},
+        paper="+4.6 downstream points, usefulness 0.53 → 0.75 at L=32",
+    ),
 ]
 
 
@@ -126,8 +168,11 @@ def judge(table: Table, varying: list[str]) -> list[ClaimResult]:
     estimates = {id(group): est for group, est in table.groups}
     results = []
     for claim in CLAIMS:
-        candidates = [(lvl, g) for lvl, g in _comparable(claim, varying, groups)
-                      if claim.max_level is None or lvl <= claim.max_level]
+        candidates = [
+            (lvl, g)
+            for lvl, g in _comparable(claim, varying, groups)
+            if claim.max_level is None or lvl <= claim.max_level
+        ]
         levels = sorted({lvl for lvl, _ in candidates})
         result = ClaimResult(claim)
         if len(levels) >= 2:

@@ -1,9 +1,9 @@
 """`cod-compare`: compare training runs from MLflow (or run directories) in a report with plots.
 
-    cod-compare --sweep cpu_depth --claims --output-dir comparisons/depth
-    cod-compare --experiment megatron_cod --filter "params.\\`model.num_layers\\` = '16'"
-    cod-compare --runs ID ID ... --at-tokens 1000000
-    cod-compare --run-dirs runs/a runs/b --output-dir cmp
+cod-compare --sweep cpu_depth --claims --output-dir comparisons/depth
+cod-compare --experiment megatron_cod --filter "params.\\`model.num_layers\\` = '16'"
+cod-compare --runs ID ID ... --at-tokens 1000000
+cod-compare --run-dirs runs/a runs/b --output-dir cmp
 """
 
 from __future__ import annotations
@@ -33,29 +33,45 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cod-compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sel = p.add_argument_group("which runs")
-    sel.add_argument("--experiment", action="append", default=[], metavar="NAME", help="MLflow experiment (repeatable)")
+    sel.add_argument(
+        "--experiment", action="append", default=[], metavar="NAME", help="MLflow experiment (repeatable)"
+    )
     sel.add_argument("--runs", nargs="+", default=[], metavar="ID", help="MLflow run ids")
     sel.add_argument("--sweep", metavar="NAME", help="runs cod-sweep tagged with this sweep name")
     sel.add_argument("--filter", metavar="STR", help="an MLflow search_runs filter string")
-    sel.add_argument("--tracking-uri", metavar="URI",
-                     help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db, as training)")
-    sel.add_argument("--run-dirs", nargs="+", default=[], metavar="DIR",
-                     help="training run directories (config.yaml + metrics.jsonl), no tracker needed")
+    sel.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db, as training)",
+    )
+    sel.add_argument(
+        "--run-dirs",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="training run directories (config.yaml + metrics.jsonl), no tracker needed",
+    )
     at = p.add_argument_group("where runs are compared (default: the most tokens every finished run reached)")
     at.add_argument("--at-tokens", type=int, metavar="N", help="at N tokens (nearest telemetry step)")
     at.add_argument("--at-step", type=int, metavar="N", help="at step N (nearest telemetry step)")
     at.add_argument("--final", action="store_true", help="each run at its last telemetry step")
     out = p.add_argument_group("output")
-    out.add_argument("--output-dir", metavar="DIR", help="report directory (default: comparisons/<name>-<time>)")
+    out.add_argument(
+        "--output-dir", metavar="DIR", help="report directory (default: comparisons/<name>-<time>)"
+    )
     out.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
     out.add_argument("--claims", action="store_true", help="judge the paper's claims from these runs")
     out.add_argument("--normalized-depth", action="store_true", help="per-layer plots against l/L")
     out.add_argument("--title", default="Run comparison")
     out.add_argument("--no-mlflow", action="store_true", help="do not log the comparison as an MLflow run")
-    out.add_argument("--mlflow-experiment", metavar="NAME",
-                     help="experiment of the comparison run (default: the compared runs' own, if they share one)")
-    out.add_argument("--tag-compared", action="store_true",
-                     help="tag each compared run with the comparison run's id")
+    out.add_argument(
+        "--mlflow-experiment",
+        metavar="NAME",
+        help="experiment of the comparison run (default: the compared runs' own, if they share one)",
+    )
+    out.add_argument(
+        "--tag-compared", action="store_true", help="tag each compared run with the comparison run's id"
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -76,8 +92,9 @@ def _output_dir(args: argparse.Namespace) -> Path:
 def _check_selection(args: argparse.Namespace) -> None:
     mlflow_selection = args.experiment or args.runs or args.sweep or args.filter
     if args.run_dirs and mlflow_selection:
-        raise CompareError("--run-dirs reads run directories; it does not combine with "
-                           "--experiment/--runs/--sweep/--filter")
+        raise CompareError(
+            "--run-dirs reads run directories; it does not combine with --experiment/--runs/--sweep/--filter"
+        )
     if not args.run_dirs and not mlflow_selection:
         raise CompareError("name the runs: --experiment, --runs, --sweep, --filter or --run-dirs")
 
@@ -113,23 +130,31 @@ def run(args: argparse.Namespace) -> Path:
     claims = judge(table, varying) if args.claims else None
     comparison_id = None
     if client is not None and not args.no_mlflow:
-        params = {"selection": source, "compared_at": alignment.description, "num_runs": len(records),
-                  "varying": ",".join(varying), "claims": args.claims}
-        comparison_id = start_comparison_run(client, mlflow_runs, args.mlflow_experiment,
-                                             output_dir.name, params)
+        params = {
+            "selection": source,
+            "compared_at": alignment.description,
+            "num_runs": len(records),
+            "varying": ",".join(varying),
+            "claims": args.claims,
+        }
+        comparison_id = start_comparison_run(
+            client, mlflow_runs, args.mlflow_experiment, output_dir.name, params
+        )
     try:
         staging = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         figures = write_plots(groups, alignment, staging, args.normalized_depth)
-        (staging / "report.md").write_text(render(args.title, source, records, varying, alignment, table,
-                                                  superseded, figures, claims))
+        (staging / "report.md").write_text(
+            render(args.title, source, records, varying, alignment, table, superseded, figures, claims)
+        )
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)
         if comparison_id is not None:
-            finish_comparison_run(client, comparison_id, output_dir, records if mlflow_runs else [],
-                                  args.tag_compared)
+            finish_comparison_run(
+                client, comparison_id, output_dir, records if mlflow_runs else [], args.tag_compared
+            )
             print(f"[cod-compare] MLflow comparison run {comparison_id} in {uri}")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

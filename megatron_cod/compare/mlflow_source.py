@@ -12,8 +12,15 @@ from typing import Any
 
 from megatron_cod.compare.alignment import PointChoice, align
 from megatron_cod.compare.errors import CompareError
-from megatron_cod.compare.records import (TRAIN_LOSS, VALID_LOSS, VAR_FINAL_NORM_KEY, VAR_KEY, AnalysisRecord,
-                                          RunRecord, is_needed_key)
+from megatron_cod.compare.records import (
+    TRAIN_LOSS,
+    VALID_LOSS,
+    VAR_FINAL_NORM_KEY,
+    VAR_KEY,
+    AnalysisRecord,
+    RunRecord,
+    is_needed_key,
+)
 from megatron_cod.tracking import tags
 from megatron_cod.tracking.mlflow_sink import sqlite_db_path
 
@@ -60,19 +67,30 @@ def _store_call(uri: str, what: str, fn, *args, **kwargs):
     except MlflowException as exc:
         message = " ".join(str(exc.message).split())
         if "failed with exception" in message and ("Max retries" in message or "connect" in message.lower()):
-            raise CompareError(f"cannot reach the MLflow tracking server at {uri} (connection failed)") from None
+            raise CompareError(
+                f"cannot reach the MLflow tracking server at {uri} (connection failed)"
+            ) from None
         if what.startswith("--filter"):
             raise CompareError(f"{what}: {message}") from None
         raise CompareError(f"MLflow store {uri}: {what}: {message}") from None
     except OSError as exc:  # requests' ConnectionError is an OSError
-        raise CompareError(f"cannot reach the MLflow tracking server at {uri}: {type(exc).__name__}") from None
+        raise CompareError(
+            f"cannot reach the MLflow tracking server at {uri}: {type(exc).__name__}"
+        ) from None
 
 
 def search_runs(client: Any, uri: str, experiment_ids: list[str], filter_string: str, what: str) -> list[Any]:
     runs, token = [], None
     while True:
-        page = _store_call(uri, what, client.search_runs, experiment_ids, filter_string=filter_string,
-                           max_results=1000, page_token=token)
+        page = _store_call(
+            uri,
+            what,
+            client.search_runs,
+            experiment_ids,
+            filter_string=filter_string,
+            max_results=1000,
+            page_token=token,
+        )
         runs += list(page)
         token = page.token
         if not token:
@@ -100,8 +118,10 @@ def select_runs(client: Any, uri: str, selection: Selection) -> list[Any]:
             experiment = _store_call(uri, "looking up experiments", client.get_experiment_by_name, name)
             if experiment is None:
                 known = [e.name for e in _store_call(uri, "listing experiments", client.search_experiments)]
-                raise CompareError(f"unknown experiment {name!r} in {uri} (--experiment; known: "
-                                   f"{', '.join(known) or 'none'})")
+                raise CompareError(
+                    f"unknown experiment {name!r} in {uri} (--experiment; known: "
+                    f"{', '.join(known) or 'none'})"
+                )
             experiment_ids.append(experiment.experiment_id)
     else:
         experiment_ids = all_experiment_ids(client, uri)
@@ -113,8 +133,13 @@ def select_runs(client: Any, uri: str, selection: Selection) -> list[Any]:
     found: dict[str, Any] = {}
     if selection.experiments or selection.sweep or selection.filter or not selection.run_ids:
         if experiment_ids:
-            for run in search_runs(client, uri, experiment_ids, " and ".join(clauses),
-                               "--filter" if selection.filter else "searching runs"):
+            for run in search_runs(
+                client,
+                uri,
+                experiment_ids,
+                " and ".join(clauses),
+                "--filter" if selection.filter else "searching runs",
+            ):
                 found[run.info.run_id] = run
     for run_id in selection.run_ids:
         run = _store_call(uri, f"--runs {run_id}", client.get_run, run_id)
@@ -125,8 +150,9 @@ def select_runs(client: Any, uri: str, selection: Selection) -> list[Any]:
     return sorted(runs, key=lambda r: r.info.start_time or 0)
 
 
-def _bulk(client: Any, uri: str, run_ids: list[str], key: str, max_results: int,
-          step: int | None = None) -> dict[str, list]:
+def _bulk(
+    client: Any, uri: str, run_ids: list[str], key: str, max_results: int, step: int | None = None
+) -> dict[str, list]:
     """{run id: metric entries} of one key for many runs in one call: the whole history sampled to
     at most `max_results` points (first and last kept), or only `step`.
 
@@ -134,17 +160,20 @@ def _bulk(client: Any, uri: str, run_ids: list[str], key: str, max_results: int,
     SQL query per run on sqlite, the bulk endpoint on a server); MlflowClient does not expose it.
     """
     store = client._tracking_client.store
-    rows = _store_call(uri, "reading metrics", store.get_metric_history_bulk_interval, run_ids, key,
-                       max_results, step, step)
+    rows = _store_call(
+        uri, "reading metrics", store.get_metric_history_bulk_interval, run_ids, key, max_results, step, step
+    )
     out: dict[str, list] = {}
     for row in rows:
         out.setdefault(row.run_id, []).append(row)
     return out
 
 
-def _fetch(client: Any, uri: str, requests: dict[tuple[str, int | None], list[str]],
-           history_points: int) -> dict[tuple[str, str], list]:
+def _fetch(
+    client: Any, uri: str, requests: dict[tuple[str, int | None], list[str]], history_points: int
+) -> dict[tuple[str, str], list]:
     """{(run id, key): entries} for requests {(key, step or None for the history): run ids}."""
+
     def fetch(item):
         (key, step), run_ids = item
         return key, _bulk(client, uri, run_ids, key, 1 if step is not None else history_points, step)
@@ -164,10 +193,14 @@ def _series(metrics: Iterable[Any]) -> list[tuple[int, float]]:
     return sorted(by_step.items())
 
 
-def nested_runs(client: Any, uri: str, experiment_ids: list[str], kind: str, parents: set[str]) -> dict[str, Any]:
+def nested_runs(
+    client: Any, uri: str, experiment_ids: list[str], kind: str, parents: set[str]
+) -> dict[str, Any]:
     """{parent run id: its newest FINISHED nested run of `kind`}."""
     newest: dict[str, Any] = {}
-    for run in search_runs(client, uri, experiment_ids, f"tags.`{tags.KIND}` = {_quote(kind)}", f"finding {kind} runs"):
+    for run in search_runs(
+        client, uri, experiment_ids, f"tags.`{tags.KIND}` = {_quote(kind)}", f"finding {kind} runs"
+    ):
         parent = run.data.tags.get(tags.PARENT_RUN) or run.data.tags.get("megatron_cod.training_run_id")
         if parent in parents and run.info.status == "FINISHED":
             if parent not in newest or run.info.start_time > newest[parent].info.start_time:
@@ -207,14 +240,30 @@ def load_records(client: Any, uri: str, runs: list[Any], choice: PointChoice) ->
         analysis = None
         if rid in analyses:
             a = analyses[rid]
-            curves = {key: [v for _, v in _series(fetched.get((a.info.run_id, key), []))]
-                      for key in a.data.metrics if key.startswith("layer/")}
+            curves = {
+                key: [v for _, v in _series(fetched.get((a.info.run_id, key), []))]
+                for key in a.data.metrics
+                if key.startswith("layer/")
+            }
             analysis = AnalysisRecord(a.info.run_id, dict(a.data.metrics), curves)
-        eval_scores = {k: v for k, v in evals[rid].data.metrics.items() if k.startswith("eval/")} if rid in evals else {}
-        records.append(RunRecord(
-            run_id=rid, name=run.info.run_name or rid[:8], status=run.info.status,
-            params=dict(run.data.params), tags=dict(run.data.tags), metrics=metrics,
-            start_time=(run.info.start_time or 0) / 1000.0, analysis=analysis, evals=eval_scores))
+        eval_scores = (
+            {k: v for k, v in evals[rid].data.metrics.items() if k.startswith("eval/")}
+            if rid in evals
+            else {}
+        )
+        records.append(
+            RunRecord(
+                run_id=rid,
+                name=run.info.run_name or rid[:8],
+                status=run.info.status,
+                params=dict(run.data.params),
+                tags=dict(run.data.tags),
+                metrics=metrics,
+                start_time=(run.info.start_time or 0) / 1000.0,
+                analysis=analysis,
+                evals=eval_scores,
+            )
+        )
     # second pass: the other layers (and the exact train loss) at each run's comparison point
     points = align(records, choice).points
     second: dict[tuple[str, int | None], list[str]] = {}

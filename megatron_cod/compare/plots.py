@@ -20,8 +20,14 @@ from megatron_cod.compare.table import variance_profile  # noqa: E402
 def _band(ax, x, rows: list[list[float]], label: str, color) -> None:
     data = np.asarray(rows, dtype=np.float64)
     mean = np.nanmean(data, axis=0)
-    ax.plot(x, mean, marker="o" if len(x) <= 40 else None, markersize=3, color=color,
-            label=f"{label} (n={len(rows)})")
+    ax.plot(
+        x,
+        mean,
+        marker="o" if len(x) <= 40 else None,
+        markersize=3,
+        color=color,
+        label=f"{label} (n={len(rows)})",
+    )
     if len(rows) > 1:
         se = np.nanstd(data, axis=0, ddof=1) / np.sqrt(len(rows))
         ax.fill_between(x, mean - se, mean + se, color=color, alpha=0.2, linewidth=0)
@@ -45,15 +51,27 @@ def _colors(n: int):
     return [cmap(i if n <= 10 else i / max(n - 1, 1)) for i in range(n)]
 
 
-def profile_plot(groups: list[Group], alignment: Alignment, out: Path, pattern, name: str, ylabel: str,
-                 normalized: bool, log: bool) -> str | None:
+def profile_plot(
+    groups: list[Group],
+    alignment: Alignment,
+    out: Path,
+    pattern,
+    name: str,
+    ylabel: str,
+    normalized: bool,
+    log: bool,
+) -> str | None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
     for group, color in zip(groups, _colors(len(groups))):
         by_depth: dict[int, list[list[float]]] = {}
         for run in group.runs:
             point = alignment.points[run.run_id]
-            profile = variance_profile(run, point.step, pattern) if point.step is not None and point.reached else None
+            profile = (
+                variance_profile(run, point.step, pattern)
+                if point.step is not None and point.reached
+                else None
+            )
             if profile:
                 by_depth.setdefault(len(profile), []).append(profile)
         for depth, rows in by_depth.items():
@@ -77,8 +95,9 @@ def _history(run: RunRecord, key: str) -> dict[int, float]:
     return dict(run.metrics.get(key, []))
 
 
-def history_plot(groups: list[Group], alignment: Alignment, out: Path, key_of, name: str, ylabel: str,
-                 log: bool) -> str | None:
+def history_plot(
+    groups: list[Group], alignment: Alignment, out: Path, key_of, name: str, ylabel: str, log: bool
+) -> str | None:
     """A group's curve over the steps all its runs logged; x is tokens when every run knows its batch."""
     use_tokens = all(run.tokens_per_step for g in groups for run in g.runs)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -92,13 +111,17 @@ def history_plot(groups: list[Group], alignment: Alignment, out: Path, key_of, n
             histories = histories[:1]
             steps = sorted(histories[0])
         per_step = group.runs[0].tokens_per_step if use_tokens else 1
-        _band(ax, np.asarray(steps) * per_step, [[h[s] for s in steps] for h in histories], _label(group), color)
+        _band(
+            ax, np.asarray(steps) * per_step, [[h[s] for s in steps] for h in histories], _label(group), color
+        )
         drawn = True
     if not drawn:
         plt.close(fig)
         return None
     if alignment.target_tokens is not None and use_tokens:
-        ax.axvline(alignment.target_tokens, color="grey", linestyle="--", linewidth=1, label="comparison point")
+        ax.axvline(
+            alignment.target_tokens, color="grey", linestyle="--", linewidth=1, label="comparison point"
+        )
     ax.set_xlabel("tokens" if use_tokens else "step")
     ax.set_ylabel(ylabel)
     if log:
@@ -139,12 +162,30 @@ def analysis_plots(groups: list[Group], out: Path, normalized: bool) -> list[str
 
 def write_plots(groups: list[Group], alignment: Alignment, out: Path, normalized: bool) -> list[str]:
     files = [
-        profile_plot(groups, alignment, out, VAR_KEY, "variance_vs_layer.png", "residual variance", normalized, True),
-        history_plot(groups, alignment, out, _last_var_key, "last_layer_variance_vs_step.png",
-                     "last-layer residual variance", True),
-        history_plot(groups, alignment, out, lambda run: VALID_LOSS, "valid_loss_vs_step.png",
-                     "validation loss", False),
-        profile_plot(groups, alignment, out, IMBALANCE_KEY, "moe_imbalance_vs_layer.png", "MoE load imbalance",
-                     normalized, False),
+        profile_plot(
+            groups, alignment, out, VAR_KEY, "variance_vs_layer.png", "residual variance", normalized, True
+        ),
+        history_plot(
+            groups,
+            alignment,
+            out,
+            _last_var_key,
+            "last_layer_variance_vs_step.png",
+            "last-layer residual variance",
+            True,
+        ),
+        history_plot(
+            groups, alignment, out, lambda run: VALID_LOSS, "valid_loss_vs_step.png", "validation loss", False
+        ),
+        profile_plot(
+            groups,
+            alignment,
+            out,
+            IMBALANCE_KEY,
+            "moe_imbalance_vs_layer.png",
+            "MoE load imbalance",
+            normalized,
+            False,
+        ),
     ]
     return [f for f in files if f] + analysis_plots(groups, out, normalized)

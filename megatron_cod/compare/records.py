@@ -16,7 +16,9 @@ VALID_LOSS = "valid/lm_loss"
 
 
 def is_needed_key(key: str) -> bool:
-    return key in (TRAIN_LOSS, VALID_LOSS) or any(p.match(key) for p in (VAR_KEY, VAR_FINAL_NORM_KEY, IMBALANCE_KEY))
+    return key in (TRAIN_LOSS, VALID_LOSS) or any(
+        p.match(key) for p in (VAR_KEY, VAR_FINAL_NORM_KEY, IMBALANCE_KEY)
+    )
 
 
 @dataclass

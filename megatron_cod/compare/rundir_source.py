@@ -58,8 +58,11 @@ def _analysis(run_dir: Path) -> AnalysisRecord | None:
         return None
     payload = json.loads(found[-1].read_text())
     scores = {k: v for k, v in payload.get("global", {}).items() if v is not None}
-    curves = {k: [float("nan") if v is None else v for v in values]
-              for k, values in payload.get("layer_curves", {}).items() if k.startswith("layer/")}
+    curves = {
+        k: [float("nan") if v is None else v for v in values]
+        for k, values in payload.get("layer_curves", {}).items()
+        if k.startswith("layer/")
+    }
     return AnalysisRecord(str(found[-1].parent), scores, curves)
 
 
@@ -71,9 +74,15 @@ def load_run_dir(run_dir: str | Path) -> RunRecord:
     flat = cfg.to_flat_dict()
     run_tags = {tags.RUN_DIR: str(run_dir.resolve()), **tags.training_run_tags(cfg)}
     return RunRecord(
-        run_id=str(run_dir), name=run_dir.name, status=read_status(run_dir),
-        params={key: str(value) for key, value in flat.items()}, tags=run_tags, metrics=_metrics(run_dir),
-        start_time=(run_dir / CONFIG_NAME).stat().st_mtime, analysis=_analysis(run_dir))
+        run_id=str(run_dir),
+        name=run_dir.name,
+        status=read_status(run_dir),
+        params={key: str(value) for key, value in flat.items()},
+        tags=run_tags,
+        metrics=_metrics(run_dir),
+        start_time=(run_dir / CONFIG_NAME).stat().st_mtime,
+        analysis=_analysis(run_dir),
+    )
 
 
 def load_run_dirs(run_dirs: list[str]) -> list[RunRecord]:

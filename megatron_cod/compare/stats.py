@@ -62,7 +62,7 @@ class Difference:
         return math.sqrt(self.low.se**2 + self.high.se**2)
 
     def verdict(self, expected_sign: int) -> Verdict:
-        """"holds" when the difference has the expected sign and exceeds twice its standard error,
+        """ "holds" when the difference has the expected sign and exceeds twice its standard error,
         "opposite" when it exceeds it the other way, else "within noise"; one seed on either side
         gives no verdict at all."""
         if self.low.n < 2 or self.high.n < 2:

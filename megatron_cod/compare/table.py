@@ -13,8 +13,15 @@ import numpy as np
 
 from megatron_cod.compare.alignment import Alignment, RunPoint
 from megatron_cod.compare.grouping import Group
-from megatron_cod.compare.records import (IMBALANCE_KEY, TRAIN_LOSS, VALID_LOSS, VAR_FINAL_NORM_KEY, VAR_KEY,
-                                          RunRecord, Series)
+from megatron_cod.compare.records import (
+    IMBALANCE_KEY,
+    TRAIN_LOSS,
+    VALID_LOSS,
+    VAR_FINAL_NORM_KEY,
+    VAR_KEY,
+    RunRecord,
+    Series,
+)
 from megatron_cod.compare.stats import Estimate, number
 
 
@@ -120,8 +127,12 @@ def build_table(groups: list[Group], alignment: Alignment) -> Table:
     group_rows = []
     for group in groups:
         members = [run for run in group.runs if alignment.points[run.run_id].reached]
-        estimates = {c.key: Estimate.of([rows[r.run_id].get(c.key) for r in members
-                                         if rows[r.run_id].get(c.key) is not None]) for c in columns}
+        estimates = {
+            c.key: Estimate.of(
+                [rows[r.run_id].get(c.key) for r in members if rows[r.run_id].get(c.key) is not None]
+            )
+            for c in columns
+        }
         group_rows.append((group, estimates))
     return Table(columns, rows, group_rows)
 

@@ -47,7 +47,9 @@ def _default_text(field: dataclasses.Field) -> str:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add --config, --preset and one flag per config field (dest 'section.field', absent unless given)."""
-    parser.add_argument("--config", metavar="PATH.yaml", help="YAML file with sections model:, parallel:, ...")
+    parser.add_argument(
+        "--config", metavar="PATH.yaml", help="YAML file with sections model:, parallel:, ..."
+    )
     parser.add_argument("--preset", metavar="NAME", help=f"named config: {', '.join(available_presets())}")
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(section)
@@ -83,7 +85,9 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     namespace = vars(args)
     layers: list[dict[str, dict[str, Any]]] = []
     if namespace.get("preset"):
-        layers.append(coerce_config_dict(preset_dict(namespace["preset"]), source=f"preset {namespace['preset']}"))
+        layers.append(
+            coerce_config_dict(preset_dict(namespace["preset"]), source=f"preset {namespace['preset']}")
+        )
     if namespace.get("config"):
         layers.append(coerce_config_dict(read_yaml_mapping(namespace["config"]), source=namespace["config"]))
     flags: dict[str, dict[str, Any]] = {}

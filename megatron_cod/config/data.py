@@ -44,15 +44,17 @@ class DataConfig:
             return
         # Same rule as megatron's get_blend_from_list: weights, when given, precede every prefix.
         if len(paths) % 2 or not all(_is_number(w) for w in paths[0::2]):
-            raise ConfigError(f"data-path must be WEIGHT PREFIX pairs when it starts with a weight, got {paths}")
+            raise ConfigError(
+                f"data-path must be WEIGHT PREFIX pairs when it starts with a weight, got {paths}"
+            )
         if any(float(w) < 0 for w in paths[0::2]) or sum(float(w) for w in paths[0::2]) <= 0:
-            raise ConfigError(f"data-path weights must be non-negative with a positive sum, got {paths[0::2]}")
+            raise ConfigError(
+                f"data-path weights must be non-negative with a positive sum, got {paths[0::2]}"
+            )
 
     def _check_split(self) -> None:
         parts = self.split.replace("/", ",").split(",")
-        message = (
-            f"split must be up to three non-negative numbers like 949,50,1 with a positive sum, got {self.split!r}"
-        )
+        message = f"split must be up to three non-negative numbers like 949,50,1 with a positive sum, got {self.split!r}"
         if not 1 <= len(parts) <= 3 or not all(_is_number(p) for p in parts):
             raise ConfigError(message)
         values = [float(p) for p in parts]

@@ -42,7 +42,11 @@ class ExperimentConfig:
 
     def _check_parallel_layout(self) -> None:
         m, p = self.model, self.parallel
-        tp, pp, ep = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.expert_model_parallel_size
+        tp, pp, ep = (
+            p.tensor_model_parallel_size,
+            p.pipeline_model_parallel_size,
+            p.expert_model_parallel_size,
+        )
         if m.num_attention_heads % tp:
             raise ConfigError(
                 f"num-attention-heads ({m.num_attention_heads}) must be divisible by tensor-model-parallel-size ({tp})"
@@ -58,7 +62,9 @@ class ExperimentConfig:
                 f"tensor-model-parallel-size ({tp})"
             )
         if m.num_layers % pp:
-            raise ConfigError(f"num-layers ({m.num_layers}) must be divisible by pipeline-model-parallel-size ({pp})")
+            raise ConfigError(
+                f"num-layers ({m.num_layers}) must be divisible by pipeline-model-parallel-size ({pp})"
+            )
         if m.recompute_num_layers is not None and m.recompute_num_layers > m.num_layers // pp:
             raise ConfigError(
                 f"recompute-num-layers ({m.recompute_num_layers}) exceeds the layers per pipeline stage "
@@ -67,7 +73,9 @@ class ExperimentConfig:
         if not m.is_moe and ep > 1:
             raise ConfigError(f"expert-model-parallel-size ({ep}) needs --num-experts")
         if m.is_moe and m.num_experts % ep:
-            raise ConfigError(f"num-experts ({m.num_experts}) is not divisible by expert-model-parallel-size ({ep})")
+            raise ConfigError(
+                f"num-experts ({m.num_experts}) is not divisible by expert-model-parallel-size ({ep})"
+            )
         if m.is_moe and tp > 1 and not p.sequence_parallel:
             raise ConfigError("MoE with tensor parallelism needs --sequence-parallel")
         if p.sequence_parallel:
@@ -92,7 +100,9 @@ class ExperimentConfig:
             )
         decay = o.effective_lr_decay_iters(t.train_iters)
         if o.lr_warmup_iters >= decay:
-            raise ConfigError(f"lr-warmup-iters ({o.lr_warmup_iters}) must be smaller than lr-decay-iters ({decay})")
+            raise ConfigError(
+                f"lr-warmup-iters ({o.lr_warmup_iters}) must be smaller than lr-decay-iters ({decay})"
+            )
 
     def validate_world_size(self, world_size: int) -> int:
         """Check the layout and batch split for `world_size` ranks; return the data-parallel size."""

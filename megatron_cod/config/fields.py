@@ -87,7 +87,10 @@ def coerce(value: Any, hint: Any, *, from_text: bool) -> Any:
             value = [value]
         if not isinstance(value, (list, tuple)):
             raise ValueError
-        items = [str(v) if from_text and isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value]
+        items = [
+            str(v) if from_text and isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            for v in value
+        ]
         if not all(isinstance(v, str) for v in items):
             raise ValueError
         return items

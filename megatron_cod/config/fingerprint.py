@@ -26,7 +26,9 @@ BOOKKEEPING_KEYS: tuple[str, ...] = (
 
 
 def is_bookkeeping(key: str) -> bool:
-    return any(key.startswith(prefix) if prefix.endswith(".") else key == prefix for prefix in BOOKKEEPING_KEYS)
+    return any(
+        key.startswith(prefix) if prefix.endswith(".") else key == prefix for prefix in BOOKKEEPING_KEYS
+    )
 
 
 def config_hash(flat: Mapping[str, Any]) -> str:

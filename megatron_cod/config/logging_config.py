@@ -22,7 +22,8 @@ class LoggingConfig:
     journal: bool = option(True, help="write <run_dir>/metrics.jsonl")
     run_tags: list[str] = option(
         help="extra MLflow/W&B run tags as KEY=VALUE (cod-sweep sets its member and seed this way)",
-        default_factory=list)
+        default_factory=list,
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)

@@ -27,8 +27,12 @@ class ModelConfig:
         None, help="key/value heads for GQA (None: one per query head)", bound=POSITIVE
     )
     seq_length: int = option(256, help="training sequence length in tokens", bound=POSITIVE)
-    max_position_embeddings: int | None = option(None, help="position table size (None: seq-length)", bound=POSITIVE)
-    vocab_size: int | None = option(None, help="vocabulary size (None: taken from the tokenizer)", bound=POSITIVE)
+    max_position_embeddings: int | None = option(
+        None, help="position table size (None: seq-length)", bound=POSITIVE
+    )
+    vocab_size: int | None = option(
+        None, help="vocabulary size (None: taken from the tokenizer)", bound=POSITIVE
+    )
     normalization: str = option("RMSNorm", help="norm type", choices=("RMSNorm", "LayerNorm"))
     swiglu: bool = option(True, help="SwiGLU FFN (gated linear unit with SiLU)")
     position_embedding_type: str = option(
@@ -40,7 +44,9 @@ class ModelConfig:
     init_method_std: float = option(0.02, help="std of the normal weight init", bound=POSITIVE)
     hidden_dropout: float = option(0.0, help="dropout on residual branches")
     attention_dropout: float = option(0.0, help="dropout on attention probabilities")
-    layernorm_scaling: bool = option(False, help="LayerNorm Scaling: scale norm outputs by 1/sqrt(layer_number)")
+    layernorm_scaling: bool = option(
+        False, help="LayerNorm Scaling: scale norm outputs by 1/sqrt(layer_number)"
+    )
     norm_placement: str = option(
         "pre",
         help="where the norms sit: pre (Pre-LN), post (Post-LN, h+F(h) then norm), peri (Peri-LN, norm on "
@@ -48,30 +54,46 @@ class ModelConfig:
         "layers, Pre-LN after)",
         choices=NORM_PLACEMENTS,
     )
-    mix_ln_alpha: float = option(0.25, help="Mix-LN: fraction of the layers, from the bottom, that are Post-LN")
+    mix_ln_alpha: float = option(
+        0.25, help="Mix-LN: fraction of the layers, from the bottom, that are Post-LN"
+    )
     peri_ln_embedding_norm: bool = option(False, help="Peri-LN: also normalise the embedding output")
     num_experts: int | None = option(None, help="experts per MoE layer (None: dense model)", bound=POSITIVE)
     moe_router_topk: int = option(2, help="experts per token", bound=POSITIVE)
-    moe_ffn_hidden_size: int | None = option(None, help="expert inner width (None: ffn-hidden-size)", bound=POSITIVE)
+    moe_ffn_hidden_size: int | None = option(
+        None, help="expert inner width (None: ffn-hidden-size)", bound=POSITIVE
+    )
     moe_aux_loss_coeff: float = option(0.01, help="load-balancing loss coefficient", bound=NON_NEGATIVE)
-    moe_z_loss_coeff: float | None = option(0.001, help="router z-loss coefficient (None: off)", bound=NON_NEGATIVE)
+    moe_z_loss_coeff: float | None = option(
+        0.001, help="router z-loss coefficient (None: off)", bound=NON_NEGATIVE
+    )
     moe_shared_expert_intermediate_size: int | None = option(
         None, help="shared expert inner width (None: no shared expert)", bound=POSITIVE
     )
-    moe_token_dispatcher_type: str = option("alltoall", help="MoE token dispatcher", choices=("alltoall", "allgather"))
-    moe_router_pre_softmax: bool = option(True, help="softmax over all experts before top-k (no renormalisation)")
+    moe_token_dispatcher_type: str = option(
+        "alltoall", help="MoE token dispatcher", choices=("alltoall", "allgather")
+    )
+    moe_router_pre_softmax: bool = option(
+        True, help="softmax over all experts before top-k (no renormalisation)"
+    )
     moe_layer_freq: int = option(1, help="every N-th layer is MoE (1: all layers)", bound=POSITIVE)
-    recompute_granularity: str | None = option(None, help="activation recompute", choices=("full", "selective"))
+    recompute_granularity: str | None = option(
+        None, help="activation recompute", choices=("full", "selective")
+    )
     recompute_method: str | None = option(None, help="full recompute method", choices=("uniform", "block"))
     recompute_num_layers: int | None = option(None, help="layers per full-recompute unit", bound=POSITIVE)
-    transformer_impl: str = option("local", help="megatron layer spec", choices=("local", "transformer_engine"))
+    transformer_impl: str = option(
+        "local", help="megatron layer spec", choices=("local", "transformer_engine")
+    )
     bf16: bool = option(False, help="bf16 mixed precision")
 
     def __post_init__(self) -> None:
         validate_fields(self)
         if self.hidden_size % self.num_attention_heads:
             heads = self.num_attention_heads
-            raise ConfigError(f"hidden-size ({self.hidden_size}) must be divisible by num-attention-heads ({heads})")
+            raise ConfigError(
+                f"hidden-size ({self.hidden_size}) must be divisible by num-attention-heads ({heads})"
+            )
         self._check_query_groups()
         if self.seq_length > self.effective_max_position_embeddings:
             raise ConfigError(
@@ -104,13 +126,21 @@ class ModelConfig:
                 raise ConfigError("moe-shared-expert-intermediate-size needs --num-experts")
             return
         if self.moe_router_topk > self.num_experts:
-            raise ConfigError(f"moe-router-topk ({self.moe_router_topk}) exceeds num-experts ({self.num_experts})")
+            raise ConfigError(
+                f"moe-router-topk ({self.moe_router_topk}) exceeds num-experts ({self.num_experts})"
+            )
 
     def _check_recompute(self) -> None:
-        granularity, method, layers = self.recompute_granularity, self.recompute_method, self.recompute_num_layers
+        granularity, method, layers = (
+            self.recompute_granularity,
+            self.recompute_method,
+            self.recompute_num_layers,
+        )
         if granularity is None:
             if method is not None or layers is not None:
-                raise ConfigError("--recompute-method and --recompute-num-layers need --recompute-granularity full")
+                raise ConfigError(
+                    "--recompute-method and --recompute-num-layers need --recompute-granularity full"
+                )
         elif granularity == "full":
             if method is None:
                 raise ConfigError("--recompute-granularity full needs --recompute-method (uniform or block)")
@@ -169,7 +199,11 @@ class ModelConfig:
 
     @property
     def effective_moe_ffn_hidden_size(self) -> int:
-        return self.moe_ffn_hidden_size if self.moe_ffn_hidden_size is not None else self.effective_ffn_hidden_size
+        return (
+            self.moe_ffn_hidden_size
+            if self.moe_ffn_hidden_size is not None
+            else self.effective_ffn_hidden_size
+        )
 
     @property
     def effective_max_position_embeddings(self) -> int:

@@ -16,8 +16,12 @@ class OptimizerConfig:
     lr: float = option(3e-3, help="peak learning rate", bound=POSITIVE)
     min_lr: float = option(3e-4, help="learning rate at the end of decay", bound=NON_NEGATIVE)
     lr_warmup_iters: int = option(10, help="linear warmup iterations from 0", bound=NON_NEGATIVE)
-    lr_decay_style: str = option("cosine", help="decay after warmup", choices=("cosine", "linear", "constant"))
-    lr_decay_iters: int | None = option(None, help="iterations until min-lr (None: train-iters)", bound=POSITIVE)
+    lr_decay_style: str = option(
+        "cosine", help="decay after warmup", choices=("cosine", "linear", "constant")
+    )
+    lr_decay_iters: int | None = option(
+        None, help="iterations until min-lr (None: train-iters)", bound=POSITIVE
+    )
     weight_decay: float = option(0.1, help="decoupled weight decay", bound=NON_NEGATIVE)
     adam_beta1: float = option(0.9, help="Adam beta1")
     adam_beta2: float = option(0.95, help="Adam beta2")

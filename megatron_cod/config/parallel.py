@@ -14,7 +14,9 @@ class ParallelConfig:
     pipeline_model_parallel_size: int = option(1, help="pipeline stages", bound=POSITIVE)
     expert_model_parallel_size: int = option(1, help="expert-parallel ranks", bound=POSITIVE)
     expert_tensor_parallel_size: int | None = option(
-        None, help="tensor-parallel ranks inside each expert (None: tensor-model-parallel-size)", bound=POSITIVE
+        None,
+        help="tensor-parallel ranks inside each expert (None: tensor-model-parallel-size)",
+        bound=POSITIVE,
     )
     sequence_parallel: bool = option(False, help="shard norms and dropout along the sequence (needs TP > 1)")
     use_distributed_optimizer: bool = option(False, help="shard optimizer state across data-parallel ranks")
@@ -32,7 +34,11 @@ class ParallelConfig:
 
     def validate_world_size(self, world_size: int) -> int:
         """Check that `world_size` ranks can be laid out; return the data-parallel size."""
-        tp, pp, ep = self.tensor_model_parallel_size, self.pipeline_model_parallel_size, self.expert_model_parallel_size
+        tp, pp, ep = (
+            self.tensor_model_parallel_size,
+            self.pipeline_model_parallel_size,
+            self.expert_model_parallel_size,
+        )
         etp = self.effective_expert_tensor_parallel_size
         if world_size < 1:
             raise ConfigError(f"world size must be positive, got {world_size}")
@@ -46,5 +52,7 @@ class ParallelConfig:
             experts = f"expert-model-parallel-size ({ep})"
             if etp != 1:
                 experts = f"expert-tensor-parallel-size ({etp}) x {experts}"
-            raise ConfigError(f"world size / pipeline-model-parallel-size ({per_stage}) is not divisible by {experts}")
+            raise ConfigError(
+                f"world size / pipeline-model-parallel-size ({per_stage}) is not divisible by {experts}"
+            )
         return world_size // (tp * pp)

@@ -11,15 +11,23 @@ from megatron_cod.config.fields import NON_NEGATIVE, POSITIVE, option, validate_
 @dataclass(frozen=True)
 class TrainConfig:
     train_iters: int = option(200, help="optimizer steps (0: build, load and save only)", bound=NON_NEGATIVE)
-    micro_batch_size: int = option(4, help="sequences per forward pass per data-parallel rank", bound=POSITIVE)
+    micro_batch_size: int = option(
+        4, help="sequences per forward pass per data-parallel rank", bound=POSITIVE
+    )
     global_batch_size: int = option(8, help="sequences per optimizer step", bound=POSITIVE)
     seed: int = option(1234, help="random seed", bound=NON_NEGATIVE)
-    eval_interval: int = option(50, help="evaluate every N iterations and at the end (--eval-iters 0: never)", bound=POSITIVE)
-    eval_iters: int = option(10, help="validation batches per evaluation (0: no evaluation)", bound=NON_NEGATIVE)
+    eval_interval: int = option(
+        50, help="evaluate every N iterations and at the end (--eval-iters 0: never)", bound=POSITIVE
+    )
+    eval_iters: int = option(
+        10, help="validation batches per evaluation (0: no evaluation)", bound=NON_NEGATIVE
+    )
     log_interval: int = option(1, help="log training metrics every N iterations", bound=POSITIVE)
     exit_interval: int | None = option(
-        None, help="stop (and save, with --save) after iteration N; the schedule still spans --train-iters",
-        bound=POSITIVE)
+        None,
+        help="stop (and save, with --save) after iteration N; the schedule still spans --train-iters",
+        bound=POSITIVE,
+    )
     exit_signal_handler: bool = option(True, help="on SIGTERM, save a checkpoint and exit cleanly")
 
     def __post_init__(self) -> None:

@@ -27,10 +27,10 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 from megatron_cod.data import shakespeare
 from megatron_cod.data.atomic import write_text_atomic

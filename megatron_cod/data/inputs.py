@@ -14,9 +14,10 @@ import json
 import os
 import stat
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO
 
 from megatron_cod.data.errors import DataError
 
@@ -70,8 +71,7 @@ def expand_inputs(specs: Sequence[str]) -> list[Path]:
         elif path.exists():
             if path.is_dir() or input_kind(path) is None:
                 raise DataError(
-                    f"{spec}: unsupported input type (expected .jsonl, .json or .txt, "
-                    "optionally .gz)"
+                    f"{spec}: unsupported input type (expected .jsonl, .json or .txt, optionally .gz)"
                 )
             files = [path]
         else:
@@ -193,9 +193,7 @@ class InputReader:
                     f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})"
                 ) from None
             if not isinstance(obj, dict):
-                raise DataError(
-                    f"{path}:{number}: a record must be a JSON object, got {type(obj).__name__}"
-                )
+                raise DataError(f"{path}:{number}: a record must be a JSON object, got {type(obj).__name__}")
             texts = []
             for key in self.json_keys:
                 if key not in obj:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from megatron_cod.data.errors import DataError
 
@@ -61,7 +61,7 @@ class OutputFiles:
             else:
                 temp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "OutputFiles":
+    def __enter__(self) -> OutputFiles:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -73,14 +73,10 @@ def _check_writable(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataError(
-            f"{directory}: cannot create the output directory ({exc.strerror or exc})"
-        ) from None
+        raise DataError(f"{directory}: cannot create the output directory ({exc.strerror or exc})") from None
     try:
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".cod-write-probe-")
     except OSError as exc:
-        raise DataError(
-            f"{directory}: output directory is not writable ({exc.strerror or exc})"
-        ) from None
+        raise DataError(f"{directory}: output directory is not writable ({exc.strerror or exc})") from None
     os.close(fd)
     os.unlink(probe)

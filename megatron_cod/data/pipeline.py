@@ -15,9 +15,9 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy
 
@@ -223,9 +223,7 @@ def preprocess(config: PreprocessConfig) -> PreprocessSummary:
 
         punkt_params, splitter_name = None, None
         if config.split_sentences:
-            punkt_params, splitter_name, trained = _sentence_params(
-                config, paths, reader, outputs
-            )
+            punkt_params, splitter_name, trained = _sentence_params(config, paths, reader, outputs)
             if trained:
                 files["sentence splitter"] = str(config.punkt_path)
 

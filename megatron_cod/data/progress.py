@@ -33,9 +33,7 @@ class ThroughputProgress:
             console=Console(stderr=True),
             disable=not enabled,
         )
-        self._task = self._progress.add_task(
-            description, total=total_bytes, docs_rate="-", tokens_rate="-"
-        )
+        self._task = self._progress.add_task(description, total=total_bytes, docs_rate="-", tokens_rate="-")
 
     def update(self, bytes_done: int, documents: int, tokens: int) -> None:
         elapsed = max(time.monotonic() - self._start, 1e-9)
@@ -46,7 +44,7 @@ class ThroughputProgress:
             tokens_rate=f"{tokens / elapsed:,.0f}",
         )
 
-    def __enter__(self) -> "ThroughputProgress":
+    def __enter__(self) -> ThroughputProgress:
         self._progress.start()
         return self
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer, PunktTrainer
 
@@ -28,8 +28,31 @@ DEFAULT_SAMPLE_CHARS = 2_000_000
 """Characters of input text Punkt trains on (about 4 s on one core)."""
 
 SEED_ABBREVIATIONS = (
-    "dr", "mr", "mrs", "ms", "messrs", "prof", "rev", "hon", "st", "mt", "jr", "sr",
-    "gen", "col", "capt", "lt", "sgt", "vs", "cf", "viz", "e.g", "i.e", "a.m", "p.m", "u.s",
+    "dr",
+    "mr",
+    "mrs",
+    "ms",
+    "messrs",
+    "prof",
+    "rev",
+    "hon",
+    "st",
+    "mt",
+    "jr",
+    "sr",
+    "gen",
+    "col",
+    "capt",
+    "lt",
+    "sgt",
+    "vs",
+    "cf",
+    "viz",
+    "e.g",
+    "i.e",
+    "a.m",
+    "p.m",
+    "u.s",
 )
 """Abbreviations added to every trained model.
 

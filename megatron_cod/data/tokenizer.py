@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -45,9 +45,7 @@ class CodTokenizer:
     end-of-document id, which megatron would then refuse to mask.
     """
 
-    def __init__(
-        self, hf_tokenizer: Tokenizer, eod_token: str, pad_token: str, source: str = ""
-    ) -> None:
+    def __init__(self, hf_tokenizer: Tokenizer, eod_token: str, pad_token: str, source: str = "") -> None:
         name = source or "tokenizer"
         if hf_tokenizer.token_to_id(eod_token) is None:
             raise DataError(f"{name}: end-of-document token {eod_token!r} is not in the vocabulary")
@@ -217,8 +215,7 @@ def _special_tokens_for(file: Path, hf: Tokenizer) -> tuple[str, str]:
     eod = _token_name(config.get("eos_token")) or _first_known(hf, _EOD_CANDIDATES)
     if eod is None or hf.token_to_id(eod) is None:
         raise DataError(
-            f"{file}: tokenizer has no end-of-document token "
-            f"(looked for {', '.join(_EOD_CANDIDATES)})"
+            f"{file}: tokenizer has no end-of-document token (looked for {', '.join(_EOD_CANDIDATES)})"
         )
     pad = _token_name(config.get("pad_token")) or _first_known(hf, _PAD_CANDIDATES) or DEFAULT_PAD
     if pad == eod:

@@ -31,20 +31,29 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--hf-model", metavar="DIR", help="local Hugging Face causal-LM directory")
     model.add_argument("--checkpoint", metavar="CKPT_DIR", help="megatron_cod checkpoint (exported first)")
     p.add_argument("--iteration", type=int, help="with --checkpoint: this iteration instead of the latest")
-    p.add_argument("--tasks", default="cod_cloze,cod_next_sentence",
-                   help="comma-separated: local tasks (cod_cloze, cod_next_sentence) and/or lm-eval task names")
+    p.add_argument(
+        "--tasks",
+        default="cod_cloze,cod_next_sentence",
+        help="comma-separated: local tasks (cod_cloze, cod_next_sentence) and/or lm-eval task names",
+    )
     p.add_argument("--limit", type=int, help="evaluate at most N items per task")
     p.add_argument("--output-dir", required=True, metavar="DIR", help="results.json, results.md, task data")
     p.add_argument("--force", action="store_true", help="replace a non-empty --output-dir")
     p.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size")
-    p.add_argument("--eval-data", metavar="JSONL",
-                   help="held-out documents (jsonl, field text) for the local tasks "
-                        "(default: the test split of the built-in corpus the model trained on)")
+    p.add_argument(
+        "--eval-data",
+        metavar="JSONL",
+        help="held-out documents (jsonl, field text) for the local tasks "
+        "(default: the test split of the built-in corpus the model trained on)",
+    )
     p.add_argument("--num-items", type=int, default=DEFAULT_NUM_ITEMS, help="items built per local task")
     group = p.add_argument_group("MLflow (store: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     group.add_argument("--mlflow-run-id", help="nest under this run (default: the model's training run)")
-    group.add_argument("--mlflow-experiment", default="megatron_cod",
-                       help="experiment when the training run is not in this store")
+    group.add_argument(
+        "--mlflow-experiment",
+        default="megatron_cod",
+        help="experiment when the training run is not in this store",
+    )
     group.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     return p
 
@@ -60,8 +69,10 @@ def _texts(args: argparse.Namespace, builtin: str | None) -> list[str]:
     if args.eval_data:
         return read_texts(args.eval_data)
     if builtin is None:
-        raise ExportError("the model trained on --data-path, not a built-in corpus: pass --eval-data JSONL "
-                          "with held-out documents")
+        raise ExportError(
+            "the model trained on --data-path, not a built-in corpus: pass --eval-data JSONL "
+            "with held-out documents"
+        )
     return held_out_texts(builtin)
 
 
@@ -84,7 +95,13 @@ def _evaluate(args: argparse.Namespace, hf_dir: Path, run_id: str | None, builti
     from transformers import AutoConfig, AutoTokenizer
 
     from megatron_cod.evaluation.items import build_items, write_jsonl
-    from megatron_cod.evaluation.runner import LOCAL_TASKS, local_task_config, markdown_table, metrics_of, run_lm_eval
+    from megatron_cod.evaluation.runner import (
+        LOCAL_TASKS,
+        local_task_config,
+        markdown_table,
+        metrics_of,
+        run_lm_eval,
+    )
     from megatron_cod.tracking import tags as run_tags
 
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -97,8 +114,9 @@ def _evaluate(args: argparse.Namespace, hf_dir: Path, run_id: str | None, builti
         if local:
             tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
             max_tokens = AutoConfig.from_pretrained(str(hf_dir)).max_position_embeddings
-            items = build_items(_texts(args, builtin), lambda s: len(tokenizer(s).input_ids), max_tokens,
-                                args.num_items)
+            items = build_items(
+                _texts(args, builtin), lambda s: len(tokenizer(s).input_ids), max_tokens, args.num_items
+            )
             data = {"cod_cloze": items.cloze, "cod_next_sentence": items.next_sentence}
             for name in local:
                 if not data[name]:
@@ -108,9 +126,15 @@ def _evaluate(args: argparse.Namespace, hf_dir: Path, run_id: str | None, builti
         results = run_lm_eval(hf_dir, tasks, args.limit, args.batch_size)
         metrics = metrics_of(results)
         counts = {t: n["effective"] for t, n in results.get("n-samples", {}).items()}
-        summary = {"model": args.hf_model or args.checkpoint, "tasks": names, "limit": args.limit,
-                   "metrics": metrics, "n_samples": counts, "lm_eval_version": results.get("lm_eval_version"),
-                   "data": {n: f"data/{n}.jsonl" for n in local}}
+        summary = {
+            "model": args.hf_model or args.checkpoint,
+            "tasks": names,
+            "limit": args.limit,
+            "metrics": metrics,
+            "n_samples": counts,
+            "lm_eval_version": results.get("lm_eval_version"),
+            "data": {n: f"data/{n}.jsonl" for n in local},
+        }
         (tmp / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
         (tmp / "results.md").write_text(markdown_table(metrics, counts))
     print((output / "results.md").read_text(), end="")
@@ -118,9 +142,16 @@ def _evaluate(args: argparse.Namespace, hf_dir: Path, run_id: str | None, builti
         from megatron_cod.export.mlflow_log import log_run
 
         params = {"model": summary["model"], "tasks": ",".join(names), "limit": str(args.limit)}
-        mlflow_id = log_run(run_tags.KIND_EVAL, f"eval-{output.name}", args.mlflow_run_id or run_id,
-                            args.mlflow_experiment, args.mlflow_run_id is not None, params, metrics,
-                            [output / "results.json", output / "results.md"])
+        mlflow_id = log_run(
+            run_tags.KIND_EVAL,
+            f"eval-{output.name}",
+            args.mlflow_run_id or run_id,
+            args.mlflow_experiment,
+            args.mlflow_run_id is not None,
+            params,
+            metrics,
+            [output / "results.json", output / "results.md"],
+        )
         print(f"mlflow run {mlflow_id}")
     return 0
 

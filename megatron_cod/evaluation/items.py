@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from megatron_cod.export.errors import ExportError
 
@@ -48,9 +48,11 @@ def read_texts(path: str | Path) -> list[str]:
     """Documents of a jsonl file with a "text" field (--eval-data)."""
     path = Path(path)
     try:
-        texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = [
+            json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ExportError(f"--eval-data {path}: expected jsonl with a \"text\" field ({exc})") from None
+        raise ExportError(f'--eval-data {path}: expected jsonl with a "text" field ({exc})') from None
     if not texts:
         raise ExportError(f"--eval-data {path}: no documents")
     return texts
@@ -78,8 +80,9 @@ def sentences_by_paragraph(texts: list[str]) -> list[list[str]]:
     return out
 
 
-def build_items(texts: list[str], num_tokens: Callable[[str], int], max_tokens: int, max_items: int,
-                seed: int = 1234) -> TaskItems:
+def build_items(
+    texts: list[str], num_tokens: Callable[[str], int], max_tokens: int, max_items: int, seed: int = 1234
+) -> TaskItems:
     """At most ``max_items`` items per task whose context + continuation fit ``max_tokens``."""
     paragraphs = sentences_by_paragraph(texts)
     pool = [s for p in paragraphs for s in p]
@@ -98,8 +101,13 @@ def build_items(texts: list[str], num_tokens: Callable[[str], int], max_tokens: 
                 choices = [" " + s for s in [sentences[i + 1], *others]]
                 rng.shuffle(choices)
                 if all(num_tokens(sentence + c) <= max_tokens for c in choices):
-                    choice.append({"context": sentence, "choices": choices,
-                                   "label": choices.index(" " + sentences[i + 1])})
+                    choice.append(
+                        {
+                            "context": sentence,
+                            "choices": choices,
+                            "label": choices.index(" " + sentences[i + 1]),
+                        }
+                    )
     rng.shuffle(cloze)
     rng.shuffle(choice)
     return TaskItems(cloze[:max_items], choice[:max_items])

@@ -29,7 +29,9 @@ def run_lm_eval(hf_dir: Path, tasks: list[str | dict], limit: int | None, batch_
     return lm_eval.simple_evaluate(
         model="hf",
         model_args={"pretrained": str(hf_dir), "dtype": "float32"},
-        tasks=tasks, limit=limit, batch_size=batch_size,
+        tasks=tasks,
+        limit=limit,
+        batch_size=batch_size,
         device="cuda" if torch.cuda.is_available() else "cpu",
         log_samples=False,
     )

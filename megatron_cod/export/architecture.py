@@ -21,21 +21,51 @@ from transformers import LlamaConfig, MixtralConfig, PretrainedConfig, Qwen2MoeC
 
 from megatron_cod.export.errors import ExportError
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM"}
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+}
 
 # Fields that change the function and are mapped (or refused) below.
 _MAPPED = {
-    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "group_query_attention",
-    "num_query_groups", "max_position_embeddings", "normalization", "swiglu", "position_embedding_type",
-    "rotary_base", "untie_embeddings_and_output_weights", "layernorm_epsilon", "layernorm_scaling",
-    "num_experts", "moe_router_topk", "moe_ffn_hidden_size", "moe_shared_expert_intermediate_size",
-    "moe_router_pre_softmax", "moe_layer_freq", "norm_placement",
+    "num_layers",
+    "hidden_size",
+    "ffn_hidden_size",
+    "num_attention_heads",
+    "group_query_attention",
+    "num_query_groups",
+    "max_position_embeddings",
+    "normalization",
+    "swiglu",
+    "position_embedding_type",
+    "rotary_base",
+    "untie_embeddings_and_output_weights",
+    "layernorm_epsilon",
+    "layernorm_scaling",
+    "num_experts",
+    "moe_router_topk",
+    "moe_ffn_hidden_size",
+    "moe_shared_expert_intermediate_size",
+    "moe_router_pre_softmax",
+    "moe_layer_freq",
+    "norm_placement",
 }
 # Fields that only shape training (initialisation, dropout, losses, kernels, precision, lengths).
 _TRAINING_ONLY = {
-    "seq_length", "vocab_size", "init_method_std", "hidden_dropout", "attention_dropout", "moe_aux_loss_coeff",
-    "moe_z_loss_coeff", "moe_token_dispatcher_type", "recompute_granularity", "recompute_method",
-    "recompute_num_layers", "transformer_impl", "bf16",
+    "seq_length",
+    "vocab_size",
+    "init_method_std",
+    "hidden_dropout",
+    "attention_dropout",
+    "moe_aux_loss_coeff",
+    "moe_z_loss_coeff",
+    "moe_token_dispatcher_type",
+    "recompute_granularity",
+    "recompute_method",
+    "recompute_num_layers",
+    "transformer_impl",
+    "bf16",
 }
 
 
@@ -71,8 +101,10 @@ def refuse_inexpressible(m: Any) -> None:
     """Raise ExportError naming the first feature of ModelConfig ``m`` no stock class expresses."""
     placement = getattr(m, "norm_placement", "pre")
     if placement != "pre":
-        raise ExportError(f"norm placement {placement!r} is not expressible by stock Hugging Face classes "
-                          "(Llama, Mixtral and Qwen2-MoE are Pre-LN)")
+        raise ExportError(
+            f"norm placement {placement!r} is not expressible by stock Hugging Face classes "
+            "(Llama, Mixtral and Qwen2-MoE are Pre-LN)"
+        )
     if m.normalization != "RMSNorm":
         raise ExportError(f"{m.normalization} normalization is not expressible as Llama (RMSNorm only)")
     if not m.swiglu:
@@ -80,44 +112,74 @@ def refuse_inexpressible(m: Any) -> None:
     if m.position_embedding_type == "learned_absolute":
         raise ExportError("learned absolute positions are not expressible as Llama (RoPE only)")
     if m.position_embedding_type != "rope":
-        raise ExportError(f"position embedding {m.position_embedding_type!r} is not expressible as Llama (RoPE only)")
+        raise ExportError(
+            f"position embedding {m.position_embedding_type!r} is not expressible as Llama (RoPE only)"
+        )
     for field in dataclasses.fields(m):
         if field.name in _MAPPED or field.name in _TRAINING_ONLY:
             continue
         if getattr(m, field.name) != _default(field):
-            raise ExportError(f"model setting {field.name}={getattr(m, field.name)!r} is not expressible by a "
-                              "stock Hugging Face class")
+            raise ExportError(
+                f"model setting {field.name}={getattr(m, field.name)!r} is not expressible by a "
+                "stock Hugging Face class"
+            )
 
 
 def export_target(m: Any, vocab_size: int) -> Target:
     """The target for ModelConfig ``m`` with a (padded) vocabulary of ``vocab_size`` rows."""
     refuse_inexpressible(m)
     common: dict[str, Any] = dict(
-        vocab_size=vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_attention_heads, num_key_value_heads=m.effective_num_query_groups,
-        max_position_embeddings=m.effective_max_position_embeddings, rms_norm_eps=m.layernorm_epsilon,
-        rope_theta=float(m.rotary_base), tie_word_embeddings=not m.untie_embeddings_and_output_weights,
-        hidden_act="silu", attention_dropout=0.0, bos_token_id=None,
+        vocab_size=vocab_size,
+        hidden_size=m.hidden_size,
+        num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_attention_heads,
+        num_key_value_heads=m.effective_num_query_groups,
+        max_position_embeddings=m.effective_max_position_embeddings,
+        rms_norm_eps=m.layernorm_epsilon,
+        rope_theta=float(m.rotary_base),
+        tie_word_embeddings=not m.untie_embeddings_and_output_weights,
+        hidden_act="silu",
+        attention_dropout=0.0,
+        bos_token_id=None,
     )
     if not m.is_moe:
-        config = LlamaConfig(**common, intermediate_size=m.effective_ffn_hidden_size, attention_bias=False,
-                             mlp_bias=False, head_dim=m.head_dim)
+        config = LlamaConfig(
+            **common,
+            intermediate_size=m.effective_ffn_hidden_size,
+            attention_bias=False,
+            mlp_bias=False,
+            head_dim=m.head_dim,
+        )
         return Target("llama", config, (False,) * m.num_layers, False, m.layernorm_scaling)
     pattern = moe_layer_pattern(m.num_layers, m.moe_layer_freq)
     shared = m.moe_shared_expert_intermediate_size
     if all(pattern) and shared is None and not m.moe_router_pre_softmax:
-        config = MixtralConfig(**common, intermediate_size=m.effective_moe_ffn_hidden_size,
-                               num_local_experts=m.num_experts, num_experts_per_tok=m.moe_router_topk,
-                               router_jitter_noise=0.0, sliding_window=None, head_dim=m.head_dim)
+        config = MixtralConfig(
+            **common,
+            intermediate_size=m.effective_moe_ffn_hidden_size,
+            num_local_experts=m.num_experts,
+            num_experts_per_tok=m.moe_router_topk,
+            router_jitter_noise=0.0,
+            sliding_window=None,
+            head_dim=m.head_dim,
+        )
         return Target("mixtral", config, pattern, False, m.layernorm_scaling)
     # Qwen2-MoE always builds a shared expert: a model without one gets a zero-width shared expert,
     # whose output is exactly zero (see mapping.py for how a megatron shared expert is made exact).
-    config = Qwen2MoeConfig(**common, intermediate_size=m.effective_ffn_hidden_size,
-                            moe_intermediate_size=m.effective_moe_ffn_hidden_size,
-                            shared_expert_intermediate_size=shared or 0, num_experts=m.num_experts,
-                            num_experts_per_tok=m.moe_router_topk, norm_topk_prob=not m.moe_router_pre_softmax,
-                            decoder_sparse_step=1, mlp_only_layers=[i for i, moe in enumerate(pattern) if not moe],
-                            qkv_bias=False, use_sliding_window=False, sliding_window=None)
+    config = Qwen2MoeConfig(
+        **common,
+        intermediate_size=m.effective_ffn_hidden_size,
+        moe_intermediate_size=m.effective_moe_ffn_hidden_size,
+        shared_expert_intermediate_size=shared or 0,
+        num_experts=m.num_experts,
+        num_experts_per_tok=m.moe_router_topk,
+        norm_topk_prob=not m.moe_router_pre_softmax,
+        decoder_sparse_step=1,
+        mlp_only_layers=[i for i, moe in enumerate(pattern) if not moe],
+        qkv_bias=False,
+        use_sliding_window=False,
+        sliding_window=None,
+    )
     return Target("qwen2_moe", config, pattern, shared is not None, m.layernorm_scaling)
 
 
@@ -140,7 +202,7 @@ def import_target(hf: PretrainedConfig) -> tuple[dict[str, Any], Target]:
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // heads
     if head_dim * heads != hf.hidden_size:
         _refuse(hf, f"head_dim {head_dim} x {heads} heads != hidden_size {hf.hidden_size}")
-    rope = getattr(hf, "rope_parameters", None) or {"rope_type": "default", "rope_theta": getattr(hf, "rope_theta")}
+    rope = getattr(hf, "rope_parameters", None) or {"rope_type": "default", "rope_theta": hf.rope_theta}
     if rope.get("rope_type", "default") != "default":
         _refuse(hf, f"rope scaling {rope['rope_type']!r}")
     theta = float(rope["rope_theta"])
@@ -152,11 +214,16 @@ def import_target(hf: PretrainedConfig) -> tuple[dict[str, Any], Target]:
     if family == "mixtral" and hf.sliding_window is not None:
         _refuse(hf, f"sliding_window {hf.sliding_window}")
     fields: dict[str, Any] = dict(
-        num_layers=hf.num_hidden_layers, hidden_size=hf.hidden_size, num_attention_heads=heads,
-        group_query_attention=groups != heads, num_query_groups=groups if groups != heads else None,
+        num_layers=hf.num_hidden_layers,
+        hidden_size=hf.hidden_size,
+        num_attention_heads=heads,
+        group_query_attention=groups != heads,
+        num_query_groups=groups if groups != heads else None,
         max_position_embeddings=hf.max_position_embeddings,
-        seq_length=min(hf.max_position_embeddings, IMPORT_SEQ_LENGTH_CAP), rotary_base=int(theta),
-        untie_embeddings_and_output_weights=not hf.tie_word_embeddings, layernorm_epsilon=hf.rms_norm_eps,
+        seq_length=min(hf.max_position_embeddings, IMPORT_SEQ_LENGTH_CAP),
+        rotary_base=int(theta),
+        untie_embeddings_and_output_weights=not hf.tie_word_embeddings,
+        layernorm_epsilon=hf.rms_norm_eps,
         ffn_hidden_size=hf.intermediate_size,
     )
     if family == "llama":
@@ -165,16 +232,32 @@ def import_target(hf: PretrainedConfig) -> tuple[dict[str, Any], Target]:
         pattern, shared, experts, renormalise = (True,) * hf.num_hidden_layers, 0, hf.num_local_experts, True
         fields.update(moe_ffn_hidden_size=hf.intermediate_size)
     else:
-        pattern = tuple(i not in hf.mlp_only_layers and (i + 1) % hf.decoder_sparse_step == 0
-                        for i in range(hf.num_hidden_layers))
+        pattern = tuple(
+            i not in hf.mlp_only_layers and (i + 1) % hf.decoder_sparse_step == 0
+            for i in range(hf.num_hidden_layers)
+        )
         shared, experts, renormalise = hf.shared_expert_intermediate_size, hf.num_experts, hf.norm_topk_prob
-        fields.update(moe_ffn_hidden_size=hf.moe_intermediate_size, moe_shared_expert_intermediate_size=shared or None)
-    freq = next((n for n in range(1, hf.num_hidden_layers + 1)
-                 if moe_layer_pattern(hf.num_hidden_layers, n) == pattern), None)
+        fields.update(
+            moe_ffn_hidden_size=hf.moe_intermediate_size, moe_shared_expert_intermediate_size=shared or None
+        )
+    freq = next(
+        (
+            n
+            for n in range(1, hf.num_hidden_layers + 1)
+            if moe_layer_pattern(hf.num_hidden_layers, n) == pattern
+        ),
+        None,
+    )
     if freq is None:
-        _refuse(hf, f"MoE layer pattern {[int(p) for p in pattern]} (megatron: layer i is MoE when i % N == 0)")
+        _refuse(
+            hf, f"MoE layer pattern {[int(p) for p in pattern]} (megatron: layer i is MoE when i % N == 0)"
+        )
     if renormalise and hf.num_experts_per_tok == 1:
         _refuse(hf, "top-1 routing with renormalised weights (always 1; megatron needs pre-softmax at top-1)")
-    fields.update(num_experts=experts, moe_router_topk=hf.num_experts_per_tok, moe_router_pre_softmax=not renormalise,
-                  moe_layer_freq=freq)
+    fields.update(
+        num_experts=experts,
+        moe_router_topk=hf.num_experts_per_tok,
+        moe_router_pre_softmax=not renormalise,
+        moe_layer_freq=freq,
+    )
     return fields, Target(family, hf, pattern, bool(shared), False)

@@ -20,24 +20,42 @@ from megatron_cod.export.hf_dir import DEFAULT_MAX_SHARD_BYTES, DTYPES, PROVENAN
 def _mlflow_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("MLflow (store: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     group.add_argument("--mlflow-run-id", help="nest under this run (default: the checkpoint's training run)")
-    group.add_argument("--mlflow-experiment", default="megatron_cod",
-                       help="experiment when the training run is not in this store")
+    group.add_argument(
+        "--mlflow-experiment",
+        default="megatron_cod",
+        help="experiment when the training run is not in this store",
+    )
     group.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
 
 
 def export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cod-export", description="megatron_cod checkpoint -> stock Hugging Face "
-                                "directory (Llama, Mixtral or Qwen2-MoE), exact in fp32")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT_DIR",
-                   help="a --save directory (its latest iteration) or one iter_* directory")
+    p = argparse.ArgumentParser(
+        prog="cod-export",
+        description="megatron_cod checkpoint -> stock Hugging Face "
+        "directory (Llama, Mixtral or Qwen2-MoE), exact in fp32",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="CKPT_DIR",
+        help="a --save directory (its latest iteration) or one iter_* directory",
+    )
     p.add_argument("--iteration", type=int, help="export this iteration of --checkpoint")
     p.add_argument("--output", required=True, metavar="DIR", help="the Hugging Face directory to write")
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help="weight dtype of the export")
-    p.add_argument("--verify", action="store_true",
-                   help=f"compare megatron and HF logits in fp32; fail when max |diff| > 1e-4 (fp32 exports)")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare megatron and HF logits in fp32; fail when max |diff| > 1e-4 (fp32 exports)",
+    )
     p.add_argument("--force", action="store_true", help="replace a non-empty --output")
-    p.add_argument("--max-shard-size", type=int, default=DEFAULT_MAX_SHARD_BYTES, metavar="BYTES",
-                   help="safetensors shard size; a larger model gets several files and an index")
+    p.add_argument(
+        "--max-shard-size",
+        type=int,
+        default=DEFAULT_MAX_SHARD_BYTES,
+        metavar="BYTES",
+        help="safetensors shard size; a larger model gets several files and an index",
+    )
     _mlflow_flags(p)
     return p
 
@@ -45,15 +63,22 @@ def export_parser() -> argparse.ArgumentParser:
 def _export(args: argparse.Namespace) -> int:
     from megatron_cod.export.exporter import export_checkpoint
     from megatron_cod.export.verify import FP32_TOLERANCE, sample_tokens, verify_export
-
     from megatron_cod.tracking import tags as run_tags
 
     if args.max_shard_size <= 0:
         raise ExportError(f"--max-shard-size must be positive, got {args.max_shard_size}")
-    done = export_checkpoint(args.checkpoint, args.output, iteration=args.iteration, dtype=args.dtype,
-                             force=args.force, max_shard_bytes=args.max_shard_size)
-    print(f"exported {done.target.architecture} (iteration {done.provenance['iteration']}, {args.dtype}) "
-          f"to {done.output} in {done.seconds:.1f}s")
+    done = export_checkpoint(
+        args.checkpoint,
+        args.output,
+        iteration=args.iteration,
+        dtype=args.dtype,
+        force=args.force,
+        max_shard_bytes=args.max_shard_size,
+    )
+    print(
+        f"exported {done.target.architecture} (iteration {done.provenance['iteration']}, {args.dtype}) "
+        f"to {done.output} in {done.seconds:.1f}s"
+    )
     metrics = {"export/seconds": done.seconds}
     failed = False
     if args.verify:
@@ -61,29 +86,47 @@ def _export(args: argparse.Namespace) -> int:
         ids = sample_tokens(vocab, min(64, done.target.config.max_position_embeddings))
         parity = verify_export(done.model, done.output, ids)
         metrics.update(parity.as_metrics())
-        print(f"verify: max |logit diff| {parity.max_abs_diff:.3e}, top-1 agreement "
-              f"{parity.top1_agreement:.2%} on {parity.num_tokens} tokens")
+        print(
+            f"verify: max |logit diff| {parity.max_abs_diff:.3e}, top-1 agreement "
+            f"{parity.top1_agreement:.2%} on {parity.num_tokens} tokens"
+        )
         failed = args.dtype == "fp32" and not parity.max_abs_diff <= FP32_TOLERANCE
     if not args.no_mlflow:
         from megatron_cod.export.mlflow_log import log_run
 
         params = {k: v for k, v in done.provenance.items() if v is not None}
-        run_id = log_run(run_tags.KIND_EXPORT, f"export-{done.output.name}",
-                         args.mlflow_run_id or done.training_run_id, args.mlflow_experiment,
-                         args.mlflow_run_id is not None, params, metrics, [done.output / PROVENANCE_FILE], failed)
+        run_id = log_run(
+            run_tags.KIND_EXPORT,
+            f"export-{done.output.name}",
+            args.mlflow_run_id or done.training_run_id,
+            args.mlflow_experiment,
+            args.mlflow_run_id is not None,
+            params,
+            metrics,
+            [done.output / PROVENANCE_FILE],
+            failed,
+        )
         print(f"mlflow run {run_id}")
     if failed:
-        print(f"cod-export: error: verify failed: max |logit diff| {metrics['verify/max_abs_logit_diff']:.3e} "
-              f"> {FP32_TOLERANCE:g}", file=sys.stderr)
+        print(
+            f"cod-export: error: verify failed: max |logit diff| {metrics['verify/max_abs_logit_diff']:.3e} "
+            f"> {FP32_TOLERANCE:g}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
 
 def import_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cod-import", description="local Hugging Face Llama / Mixtral / Qwen2-MoE "
-                                "directory -> megatron_cod checkpoint (cod-train --load ... --no-load-optim)")
+    p = argparse.ArgumentParser(
+        prog="cod-import",
+        description="local Hugging Face Llama / Mixtral / Qwen2-MoE "
+        "directory -> megatron_cod checkpoint (cod-train --load ... --no-load-optim)",
+    )
     p.add_argument("--hf-model", required=True, metavar="DIR", help="local Hugging Face model directory")
-    p.add_argument("--output", required=True, metavar="CKPT_DIR", help="the checkpoint (--save) directory to write")
+    p.add_argument(
+        "--output", required=True, metavar="CKPT_DIR", help="the checkpoint (--save) directory to write"
+    )
     p.add_argument("--force", action="store_true", help="replace a non-empty --output")
     return p
 

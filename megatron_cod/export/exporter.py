@@ -22,8 +22,13 @@ from megatron_cod.analysis.errors import AnalysisError
 from megatron_cod.data.errors import DataError
 from megatron_cod.export.architecture import Target, export_target
 from megatron_cod.export.errors import ExportError
-from megatron_cod.export.hf_dir import (DEFAULT_MAX_SHARD_BYTES, DTYPES, check_output, staged_directory,
-                                        write_model_dir)
+from megatron_cod.export.hf_dir import (
+    DEFAULT_MAX_SHARD_BYTES,
+    DTYPES,
+    check_output,
+    staged_directory,
+    write_model_dir,
+)
 
 
 @dataclass
@@ -73,15 +78,23 @@ def hf_model_twin(model: torch.nn.Module, model_cfg: Any) -> torch.nn.Module:
     tensors = {name: t.detach().float().clone() for name, t in to_hf(state, target)}
     missing, unexpected = hf.load_state_dict(tensors, strict=False)
     if unexpected or [m for m in missing if "rotary" not in m and m != "lm_head.weight"]:
-        raise RuntimeError(f"{target.architecture} mapping mismatch: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(
+            f"{target.architecture} mapping mismatch: missing {missing}, unexpected {unexpected}"
+        )
     if target.config.tie_word_embeddings:
         hf.tie_weights()
     return hf.eval()
 
 
-def export_checkpoint(checkpoint: str | Path, output: str | Path, *, iteration: int | None = None,
-                      dtype: str = "fp32", force: bool = False,
-                      max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Exported:
+def export_checkpoint(
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    iteration: int | None = None,
+    dtype: str = "fp32",
+    force: bool = False,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> Exported:
     from megatron_cod.analysis.megatron_adapter import load_megatron_stack, read_checkpoint_config
     from megatron_cod.data.tokenizer import load_tokenizer
     from megatron_cod.models import padded_vocab_size
@@ -114,6 +127,14 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, iteration: 
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     with staged_directory(output) as tmp:
-        write_model_dir(tmp, stack.model.state_dict(), target, tokenizer, dtype, cfg.model.seq_length, provenance,
-                        max_shard_bytes)
+        write_model_dir(
+            tmp,
+            stack.model.state_dict(),
+            target,
+            tokenizer,
+            dtype,
+            cfg.model.seq_length,
+            provenance,
+            max_shard_bytes,
+        )
     return Exported(output, target, stack.model, provenance, run_id, time.perf_counter() - start)

@@ -12,8 +12,8 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerFast
@@ -59,14 +59,26 @@ def staged_directory(output: Path) -> Iterator[Path]:
 
 
 def save_tokenizer(directory: Path, tokenizer: CodTokenizer, model_max_length: int) -> None:
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer.hf_tokenizer, eos_token=tokenizer.eod_token,
-                                   pad_token=tokenizer.pad_token, model_max_length=model_max_length)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.hf_tokenizer,
+        eos_token=tokenizer.eod_token,
+        pad_token=tokenizer.pad_token,
+        model_max_length=model_max_length,
+    )
     fast.save_pretrained(str(directory))
     tokenizer.save(directory)  # our tokenizer.json byte for byte, and cod_tokenizer.json
 
 
-def write_model_dir(directory: Path, state: Mapping[str, torch.Tensor], target: Target, tokenizer: CodTokenizer,
-                    dtype: str, model_max_length: int, provenance: dict, max_shard_bytes: int) -> list[str]:
+def write_model_dir(
+    directory: Path,
+    state: Mapping[str, torch.Tensor],
+    target: Target,
+    tokenizer: CodTokenizer,
+    dtype: str,
+    model_max_length: int,
+    provenance: dict,
+    max_shard_bytes: int,
+) -> list[str]:
     """Write everything into ``directory`` (a staging directory); returns the weight files."""
     torch_dtype = DTYPES[dtype]
     state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
@@ -80,8 +92,9 @@ def write_model_dir(directory: Path, state: Mapping[str, torch.Tensor], target: 
     config.pad_token_id = tokenizer.pad
     config.dtype = torch_dtype
     config.save_pretrained(str(directory))
-    GenerationConfig(bos_token_id=None, eos_token_id=tokenizer.eod, pad_token_id=tokenizer.pad).save_pretrained(
-        str(directory))
+    GenerationConfig(
+        bos_token_id=None, eos_token_id=tokenizer.eod, pad_token_id=tokenizer.pad
+    ).save_pretrained(str(directory))
     save_tokenizer(directory, tokenizer, model_max_length)
     (directory / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     return files

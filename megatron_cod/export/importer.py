@@ -10,9 +10,9 @@ the original tensors bit for bit.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import yaml
@@ -70,19 +70,32 @@ def import_hf(hf_model: str | Path, output: str | Path, force: bool = False) -> 
         raise ExportError(f"--hf-model {source}: {exc}") from exc
     vocab = padded_vocab_size(tokenizer.vocab_size, 1)
     if vocab != hf_config.vocab_size:
-        raise ExportError(f"--hf-model {source}: vocab_size {hf_config.vocab_size} is not the tokenizer's "
-                          f"{tokenizer.vocab_size} tokens padded to a multiple of 128 ({vocab}), as megatron_cod builds it")
+        raise ExportError(
+            f"--hf-model {source}: vocab_size {hf_config.vocab_size} is not the tokenizer's "
+            f"{tokenizer.vocab_size} tokens padded to a multiple of 128 ({vocab}), as megatron_cod builds it"
+        )
     check_output(output, force)
     with tensor_reader(source) as read:
         state = from_hf(read, target)
     if not torch.distributed.is_initialized():
         platform.initialize(seed=cfg.train.seed)
-    model = build_gpt_model(cfg.model, tokenizer.vocab_size, ParallelConfig(), pre_process=True, post_process=True)
+    model = build_gpt_model(
+        cfg.model, tokenizer.vocab_size, ParallelConfig(), pre_process=True, post_process=True
+    )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [m for m in missing if not m.endswith("_extra_state")]:
         raise RuntimeError(f"import mapping mismatch: missing {missing}, unexpected {unexpected}")
     layout = {"world_size": 1, "tp": 1, "pp": 1, "ep": 1, "distributed_optimizer": 0}
     with staged_directory(output) as tmp:
-        save_checkpoint(tmp, 0, [model], None, None, {"train": 0}, yaml.safe_dump(cfg.to_dict(), sort_keys=False),
-                        layout, tokenizer=tokenizer)
+        save_checkpoint(
+            tmp,
+            0,
+            [model],
+            None,
+            None,
+            {"train": 0},
+            yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+            layout,
+            tokenizer=tokenizer,
+        )
     return Imported(output, ARCHITECTURES[target.family])

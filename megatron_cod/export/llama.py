@@ -24,12 +24,20 @@ def to_llama(model: torch.nn.Module, rope_theta: float) -> LlamaForCausalLM:
     heads = cfg.num_attention_heads
     groups = cfg.num_query_groups or heads
     model_cfg = ModelConfig(
-        num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, ffn_hidden_size=cfg.ffn_hidden_size,
-        num_attention_heads=heads, group_query_attention=groups != heads,
-        num_query_groups=groups if groups != heads else None, seq_length=model.max_sequence_length,
-        normalization=cfg.normalization, swiglu=cfg.gated_linear_unit, rotary_base=int(rope_theta),
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        ffn_hidden_size=cfg.ffn_hidden_size,
+        num_attention_heads=heads,
+        group_query_attention=groups != heads,
+        num_query_groups=groups if groups != heads else None,
+        seq_length=model.max_sequence_length,
+        normalization=cfg.normalization,
+        swiglu=cfg.gated_linear_unit,
+        rotary_base=int(rope_theta),
         untie_embeddings_and_output_weights=not model.share_embeddings_and_output_weights,
         layernorm_epsilon=cfg.layernorm_epsilon,
-        layernorm_scaling=any("layernorm_scaling" in getattr(layer, "variants", ()) for layer in model.decoder.layers),
+        layernorm_scaling=any(
+            "layernorm_scaling" in getattr(layer, "variants", ()) for layer in model.decoder.layers
+        ),
     )
     return hf_model_twin(model, model_cfg)

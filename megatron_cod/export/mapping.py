@@ -16,8 +16,8 @@ differences handled here:
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterator, Mapping
 
 import torch
 
@@ -46,9 +46,11 @@ class Rule:
 
 def _mlp_rules(hf: str, meg: str, names: tuple[str, str, str], down_scale: float = 1.0) -> list[Rule]:
     gate, up, down = names
-    return [Rule(f"{hf}.{gate}.weight", f"{meg}.linear_fc1.weight", "gate"),
-            Rule(f"{hf}.{up}.weight", f"{meg}.linear_fc1.weight", "up"),
-            Rule(f"{hf}.{down}.weight", f"{meg}.linear_fc2.weight", scale=down_scale)]
+    return [
+        Rule(f"{hf}.{gate}.weight", f"{meg}.linear_fc1.weight", "gate"),
+        Rule(f"{hf}.{up}.weight", f"{meg}.linear_fc1.weight", "up"),
+        Rule(f"{hf}.{down}.weight", f"{meg}.linear_fc2.weight", scale=down_scale),
+    ]
 
 
 def _layer_rules(target: Target, i: int) -> list[Rule]:
@@ -56,9 +58,13 @@ def _layer_rules(target: Target, i: int) -> list[Rule]:
     h, m = f"model.layers.{i}", f"decoder.layers.{i}"
     norm_scale = layernorm_scaling_factor(i + 1) if target.layernorm_scaling else 1.0
     rules = [Rule(f"{h}.input_layernorm.weight", f"{m}.input_layernorm.weight", scale=norm_scale)]
-    rules += [Rule(f"{h}.self_attn.{p}_proj.weight", f"{m}.self_attention.linear_qkv.weight", p) for p in QKV_PARTS]
+    rules += [
+        Rule(f"{h}.self_attn.{p}_proj.weight", f"{m}.self_attention.linear_qkv.weight", p) for p in QKV_PARTS
+    ]
     rules.append(Rule(f"{h}.self_attn.o_proj.weight", f"{m}.self_attention.linear_proj.weight"))
-    rules.append(Rule(f"{h}.post_attention_layernorm.weight", f"{m}.pre_mlp_layernorm.weight", scale=norm_scale))
+    rules.append(
+        Rule(f"{h}.post_attention_layernorm.weight", f"{m}.pre_mlp_layernorm.weight", scale=norm_scale)
+    )
     proj = ("gate_proj", "up_proj", "down_proj")
     if not target.moe_layers[i]:
         return rules + _mlp_rules(f"{h}.mlp", f"{m}.mlp", proj)
@@ -66,18 +72,26 @@ def _layer_rules(target: Target, i: int) -> list[Rule]:
     if target.family == "mixtral":
         rules.append(Rule(f"{h}.block_sparse_moe.gate.weight", f"{m}.mlp.router.weight"))
         for e in experts:
-            rules += _mlp_rules(f"{h}.block_sparse_moe.experts.{e}", f"{m}.mlp.experts.local_experts.{e}",
-                                ("w1", "w3", "w2"))
+            rules += _mlp_rules(
+                f"{h}.block_sparse_moe.experts.{e}", f"{m}.mlp.experts.local_experts.{e}", ("w1", "w3", "w2")
+            )
         return rules
     rules.append(Rule(f"{h}.mlp.gate.weight", f"{m}.mlp.router.weight"))
     for e in experts:
         rules += _mlp_rules(f"{h}.mlp.experts.{e}", f"{m}.mlp.experts.local_experts.{e}", proj)
     if target.shared_expert:
-        rules += _mlp_rules(f"{h}.mlp.shared_expert", f"{m}.mlp.shared_experts", proj, SHARED_EXPERT_DOWN_SCALE)
+        rules += _mlp_rules(
+            f"{h}.mlp.shared_expert", f"{m}.mlp.shared_experts", proj, SHARED_EXPERT_DOWN_SCALE
+        )
     else:  # a zero-width shared expert: Qwen2-MoE always has one, its output is an empty sum = 0
-        rules += [Rule(f"{h}.mlp.shared_expert.{p}.weight", None, shape=s)
-                  for p, s in (("gate_proj", (0, cfg.hidden_size)), ("up_proj", (0, cfg.hidden_size)),
-                               ("down_proj", (cfg.hidden_size, 0)))]
+        rules += [
+            Rule(f"{h}.mlp.shared_expert.{p}.weight", None, shape=s)
+            for p, s in (
+                ("gate_proj", (0, cfg.hidden_size)),
+                ("up_proj", (0, cfg.hidden_size)),
+                ("down_proj", (cfg.hidden_size, 0)),
+            )
+        ]
     rules.append(Rule(f"{h}.mlp.shared_expert_gate.weight", None, shape=(1, cfg.hidden_size)))
     return rules
 
@@ -132,8 +146,10 @@ def from_hf(read, target: Target) -> dict[str, torch.Tensor]:
     for rule in rules(target):
         if rule.megatron is None:
             if torch.count_nonzero(read(rule.hf)):
-                raise ExportError(f"{rule.hf} is non-zero: megatron's shared expert has no gate "
-                                  "(only a zero gate, sigmoid = 0.5, is expressible)")
+                raise ExportError(
+                    f"{rule.hf} is non-zero: megatron's shared expert has no gate "
+                    "(only a zero gate, sigmoid = 0.5, is expressible)"
+                )
             continue
         grouped.setdefault(rule.megatron, []).append(rule)
     state: dict[str, torch.Tensor] = {}
@@ -148,6 +164,12 @@ def from_hf(read, target: Target) -> dict[str, torch.Tensor]:
             groups, q_rows, head_dim = _qkv_sizes(target.config)
             q, k, v = (read(r.hf) for r in parts)
             hidden = q.shape[-1]
-            state[name] = torch.cat([q.view(groups, q_rows, hidden), k.view(groups, head_dim, hidden),
-                                     v.view(groups, head_dim, hidden)], dim=1).reshape(-1, hidden)
+            state[name] = torch.cat(
+                [
+                    q.view(groups, q_rows, hidden),
+                    k.view(groups, head_dim, hidden),
+                    v.view(groups, head_dim, hidden),
+                ],
+                dim=1,
+            ).reshape(-1, hidden)
     return state

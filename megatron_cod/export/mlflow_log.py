@@ -9,8 +9,17 @@ from megatron_cod.analysis.errors import AnalysisError
 from megatron_cod.export.errors import ExportError
 
 
-def log_run(kind: str, run_name: str, parent_run_id: str | None, experiment: str, parent_required: bool,
-            params: dict[str, str], metrics: dict[str, float], artifacts: list[Path], failed: bool = False) -> str:
+def log_run(
+    kind: str,
+    run_name: str,
+    parent_run_id: str | None,
+    experiment: str,
+    parent_required: bool,
+    params: dict[str, str],
+    metrics: dict[str, float],
+    artifacts: list[Path],
+    failed: bool = False,
+) -> str:
     """One finished run: params, metrics at step 0, artifact files; FAILED when ``failed``."""
     from mlflow.entities import Metric, Param
 
@@ -21,8 +30,11 @@ def log_run(kind: str, run_name: str, parent_run_id: str | None, experiment: str
     except AnalysisError as exc:
         raise ExportError(str(exc)) from exc
     try:
-        client.log_batch(run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()],
-                         params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()],
+            params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+        )
         for path in artifacts:
             client.log_artifact(run_id, str(path))
     except BaseException:

@@ -14,8 +14,8 @@ import json
 import math
 import struct
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 
@@ -28,8 +28,9 @@ def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     return math.prod(shape) * dtype.itemsize
 
 
-def plan_shards(layout: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype,
-                max_shard_bytes: int) -> list[list[tuple[str, tuple[int, ...]]]]:
+def plan_shards(
+    layout: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype, max_shard_bytes: int
+) -> list[list[tuple[str, tuple[int, ...]]]]:
     """Consecutive tensors grouped into files of at most max_shard_bytes (a bigger tensor alone)."""
     shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
     size = 0
@@ -55,9 +56,13 @@ def _header(entries: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype) -> b
     return struct.pack("<Q", len(text)) + text
 
 
-def write_safetensors(directory: Path, layout: list[tuple[str, tuple[int, ...]]],
-                      tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype,
-                      max_shard_bytes: int) -> list[str]:
+def write_safetensors(
+    directory: Path,
+    layout: list[tuple[str, tuple[int, ...]]],
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    dtype: torch.dtype,
+    max_shard_bytes: int,
+) -> list[str]:
     """Write ``tensors`` (arriving in ``layout`` order, cast to ``dtype``); returns the file names.
 
     One file is ``model.safetensors``; more are ``model-0000i-of-0000n.safetensors`` plus the index
@@ -66,8 +71,11 @@ def write_safetensors(directory: Path, layout: list[tuple[str, tuple[int, ...]]]
     if sys.byteorder != "little":
         raise RuntimeError("safetensors holds little-endian data; this host is big-endian")
     shards = plan_shards(layout, dtype, max_shard_bytes)
-    names = ([SINGLE_FILE] if len(shards) == 1 else
-             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    names = (
+        [SINGLE_FILE]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     stream: Iterator[tuple[str, torch.Tensor]] = iter(tensors)
     for file_name, entries in zip(names, shards):
         with open(directory / file_name, "wb") as f:
@@ -75,8 +83,10 @@ def write_safetensors(directory: Path, layout: list[tuple[str, tuple[int, ...]]]
             for name, shape in entries:
                 got, tensor = next(stream)
                 if got != name or tuple(tensor.shape) != shape:
-                    raise RuntimeError(f"tensor stream out of order: expected {name} {shape}, got {got} "
-                                       f"{tuple(tensor.shape)}")
+                    raise RuntimeError(
+                        f"tensor stream out of order: expected {name} {shape}, got {got} "
+                        f"{tuple(tensor.shape)}"
+                    )
                 data = tensor.detach().to(dtype).contiguous().reshape(-1)
                 f.write(memoryview(data.view(torch.uint8).numpy()))
     if next(stream, None) is not None:

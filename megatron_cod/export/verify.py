@@ -17,8 +17,11 @@ class Parity:
     num_tokens: int
 
     def as_metrics(self) -> dict[str, float]:
-        return {"verify/max_abs_logit_diff": self.max_abs_diff, "verify/top1_agreement": self.top1_agreement,
-                "verify/num_tokens": float(self.num_tokens)}
+        return {
+            "verify/max_abs_logit_diff": self.max_abs_diff,
+            "verify/top1_agreement": self.top1_agreement,
+            "verify/num_tokens": float(self.num_tokens),
+        }
 
 
 def megatron_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:

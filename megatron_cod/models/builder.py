@@ -12,7 +12,12 @@ from megatron.core.transformer.spec_utils import build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_cod.models.placement import attach_embedding_norm, norm_placement
-from megatron_cod.models.specs import build_block_spec, layer_variants, standalone_norm, transformer_engine_usable
+from megatron_cod.models.specs import (
+    build_block_spec,
+    layer_variants,
+    standalone_norm,
+    transformer_engine_usable,
+)
 
 VOCAB_PADDING_MULTIPLE = 128
 
@@ -27,8 +32,10 @@ def use_transformer_engine(model_cfg: Any) -> bool:
     if model_cfg.transformer_impl == "local":
         return False
     if not transformer_engine_usable():
-        raise RuntimeError("--transformer-impl transformer_engine needs CUDA and an importable "
-                           "Transformer Engine (pip install 'megatron_cod[gpu]' or an NGC container)")
+        raise RuntimeError(
+            "--transformer-impl transformer_engine needs CUDA and an importable "
+            "Transformer Engine (pip install 'megatron_cod[gpu]' or an NGC container)"
+        )
     return True
 
 
@@ -94,9 +101,14 @@ def build_transformer_config(model_cfg: Any, parallel_cfg: Any) -> TransformerCo
     return TransformerConfig(**kwargs)
 
 
-def build_gpt_model(model_cfg: Any, vocab_size: int, parallel_cfg: Any | None = None,
-                    pre_process: bool | None = None, post_process: bool | None = None,
-                    vp_stage: int | None = None) -> GPTModel:
+def build_gpt_model(
+    model_cfg: Any,
+    vocab_size: int,
+    parallel_cfg: Any | None = None,
+    pre_process: bool | None = None,
+    post_process: bool | None = None,
+    vp_stage: int | None = None,
+) -> GPTModel:
     """One GPTModel chunk for this rank's pipeline stage, on the current device."""
     from megatron_cod.config import ParallelConfig
 
@@ -126,9 +138,15 @@ def build_gpt_model(model_cfg: Any, vocab_size: int, parallel_cfg: Any | None = 
         vp_stage=vp_stage,
     )
     if placement.embedding_norm and pre_process:
-        attach_embedding_norm(model.embedding, build_module(standalone_norm(config, te), config=config,
-                                                            hidden_size=config.hidden_size,
-                                                            eps=config.layernorm_epsilon))
+        attach_embedding_norm(
+            model.embedding,
+            build_module(
+                standalone_norm(config, te),
+                config=config,
+                hidden_size=config.hidden_size,
+                eps=config.layernorm_epsilon,
+            ),
+        )
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     return model

@@ -13,7 +13,8 @@ exactly megatron's parameters and checkpoint keys):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from megatron.core.transformer.identity_op import IdentityOp
@@ -23,18 +24,22 @@ from megatron.core.transformer.transformer_layer import TransformerLayer, Transf
 from megatron_cod.models.variants import LAYER_VARIANTS
 
 LAYER_PLACEMENTS = ("pre", "post", "peri")
-PLACEMENT_NORMS = ("self_attn_output_layernorm", "mlp_output_layernorm",
-                   "post_self_attn_layernorm", "post_mlp_layernorm")
+PLACEMENT_NORMS = (
+    "self_attn_output_layernorm",
+    "mlp_output_layernorm",
+    "post_self_attn_layernorm",
+    "post_mlp_layernorm",
+)
 
 
 @dataclasses.dataclass
 class CodTransformerLayerSubmodules(TransformerLayerSubmodules):
     """megatron's layer submodules plus the norms of the Peri-LN and Post-LN placements."""
 
-    self_attn_output_layernorm: Union[ModuleSpec, type] = IdentityOp
-    mlp_output_layernorm: Union[ModuleSpec, type] = IdentityOp
-    post_self_attn_layernorm: Union[ModuleSpec, type] = IdentityOp
-    post_mlp_layernorm: Union[ModuleSpec, type] = IdentityOp
+    self_attn_output_layernorm: ModuleSpec | type = IdentityOp
+    mlp_output_layernorm: ModuleSpec | type = IdentityOp
+    post_self_attn_layernorm: ModuleSpec | type = IdentityOp
+    post_mlp_layernorm: ModuleSpec | type = IdentityOp
 
 
 def _normalise_branch(norm: torch.nn.Module) -> Callable[[torch.nn.Module, Any, Any], Any]:
@@ -56,23 +61,41 @@ class CodTransformerLayer(TransformerLayer):
     placement come through ModuleSpec params, so the spec stays the single description of a layer.
     """
 
-    def __init__(self, *args: Any, variants: tuple[str, ...] = (), norm_placement: str = "pre",
-                 spec_layer_number: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        variants: tuple[str, ...] = (),
+        norm_placement: str = "pre",
+        spec_layer_number: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         if spec_layer_number is not None and spec_layer_number != self.layer_number:
-            raise RuntimeError(f"layer spec made for global layer {spec_layer_number} was built as layer "
-                               f"{self.layer_number}: pipeline offsets disagree")
+            raise RuntimeError(
+                f"layer spec made for global layer {spec_layer_number} was built as layer "
+                f"{self.layer_number}: pipeline offsets disagree"
+            )
         if norm_placement not in LAYER_PLACEMENTS:
             raise ValueError(f"unknown layer norm placement {norm_placement!r}; known: {LAYER_PLACEMENTS}")
         self.norm_placement = norm_placement
         for name in PLACEMENT_NORMS:
             spec = getattr(self.submodules_config, name, IdentityOp)
-            setattr(self, name, build_module(spec, config=self.config, hidden_size=self.config.hidden_size,
-                                             eps=self.config.layernorm_epsilon))
+            setattr(
+                self,
+                name,
+                build_module(
+                    spec,
+                    config=self.config,
+                    hidden_size=self.config.hidden_size,
+                    eps=self.config.layernorm_epsilon,
+                ),
+            )
         # Branch output norms act on the branch module's output, like any variant hook, so a
         # telemetry hook registered later sees the branch as it is added to the residual stream.
-        for branch, norm in ((self.self_attention, self.self_attn_output_layernorm),
-                             (self.mlp, self.mlp_output_layernorm)):
+        for branch, norm in (
+            (self.self_attention, self.self_attn_output_layernorm),
+            (self.mlp, self.mlp_output_layernorm),
+        ):
             if not isinstance(norm, IdentityOp):
                 branch.register_forward_hook(_normalise_branch(norm))
         unknown = [v for v in variants if v not in LAYER_VARIANTS]

@@ -50,20 +50,34 @@ class NormPlacement:
 
 def norm_placement(model_cfg: Any) -> NormPlacement:
     """The NormPlacement requested by a ModelConfig."""
-    return NormPlacement(model_cfg.norm_placement, model_cfg.mix_ln_post_layers, model_cfg.peri_ln_embedding_norm)
+    return NormPlacement(
+        model_cfg.norm_placement, model_cfg.mix_ln_post_layers, model_cfg.peri_ln_embedding_norm
+    )
 
 
 def _unfused(spec: Any, fused_linear: type | None, plain_linear: type | None) -> Any:
     """``spec`` with each direct submodule of class ``fused_linear`` (norm+linear) made ``plain_linear``."""
-    if fused_linear is None or not isinstance(spec, ModuleSpec) or not dataclasses.is_dataclass(spec.submodules):
+    if (
+        fused_linear is None
+        or not isinstance(spec, ModuleSpec)
+        or not dataclasses.is_dataclass(spec.submodules)
+    ):
         return spec
-    changes = {f.name: plain_linear for f in dataclasses.fields(spec.submodules)
-               if getattr(spec.submodules, f.name) is fused_linear}
-    return dataclasses.replace(spec, submodules=dataclasses.replace(spec.submodules, **changes)) if changes else spec
+    changes = {
+        f.name: plain_linear
+        for f in dataclasses.fields(spec.submodules)
+        if getattr(spec.submodules, f.name) is fused_linear
+    }
+    return (
+        dataclasses.replace(spec, submodules=dataclasses.replace(spec.submodules, **changes))
+        if changes
+        else spec
+    )
 
 
-def place_norms(submodules: Any, kind: str, norm: type, fused_linear: type | None = None,
-                plain_linear: type | None = None) -> CodTransformerLayerSubmodules:
+def place_norms(
+    submodules: Any, kind: str, norm: type, fused_linear: type | None = None, plain_linear: type | None = None
+) -> CodTransformerLayerSubmodules:
     """megatron's (Pre-LN) layer submodules rearranged for placement ``kind``.
 
     norm: megatron's norm module class for the added norms; fused_linear / plain_linear: the
@@ -78,10 +92,14 @@ def place_norms(submodules: Any, kind: str, norm: type, fused_linear: type | Non
         return dataclasses.replace(layer, self_attn_output_layernorm=norm, mlp_output_layernorm=norm)
     if kind == "post":
         return dataclasses.replace(
-            layer, input_layernorm=IdentityOp, pre_mlp_layernorm=IdentityOp,
+            layer,
+            input_layernorm=IdentityOp,
+            pre_mlp_layernorm=IdentityOp,
             self_attention=_unfused(layer.self_attention, fused_linear, plain_linear),
             mlp=_unfused(layer.mlp, fused_linear, plain_linear),
-            post_self_attn_layernorm=norm, post_mlp_layernorm=norm)
+            post_self_attn_layernorm=norm,
+            post_mlp_layernorm=norm,
+        )
     raise ValueError(f"unknown layer norm placement {kind!r}")
 
 

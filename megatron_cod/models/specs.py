@@ -50,22 +50,44 @@ def _fused_and_plain_linear(use_transformer_engine: bool) -> tuple[type | None, 
     """The backend's norm+linear class and its norm-free counterpart (none with the local spec)."""
     if not use_transformer_engine:
         return None, None
-    from megatron.core.extensions.transformer_engine import TEColumnParallelLinear, TELayerNormColumnParallelLinear
+    from megatron.core.extensions.transformer_engine import (
+        TEColumnParallelLinear,
+        TELayerNormColumnParallelLinear,
+    )
 
     return TELayerNormColumnParallelLinear, TEColumnParallelLinear
 
 
-def _cod_layer(spec: ModuleSpec, layer_number: int, kind: str, variants: tuple[str, ...], norm: type,
-               fused: type | None, plain: type | None) -> ModuleSpec:
+def _cod_layer(
+    spec: ModuleSpec,
+    layer_number: int,
+    kind: str,
+    variants: tuple[str, ...],
+    norm: type,
+    fused: type | None,
+    plain: type | None,
+) -> ModuleSpec:
     return dataclasses.replace(
-        spec, module=CodTransformerLayer, submodules=place_norms(spec.submodules, kind, norm, fused, plain),
-        params={**(spec.params or {}), "variants": variants, "norm_placement": kind,
-                "spec_layer_number": layer_number})
+        spec,
+        module=CodTransformerLayer,
+        submodules=place_norms(spec.submodules, kind, norm, fused, plain),
+        params={
+            **(spec.params or {}),
+            "variants": variants,
+            "norm_placement": kind,
+            "spec_layer_number": layer_number,
+        },
+    )
 
 
-def build_block_spec(config: TransformerConfig, use_transformer_engine: bool, variants: tuple[str, ...],
-                     vp_stage: int | None = None, placement: NormPlacement = NormPlacement(),
-                     pp_rank: int | None = None) -> TransformerBlockSubmodules:
+def build_block_spec(
+    config: TransformerConfig,
+    use_transformer_engine: bool,
+    variants: tuple[str, ...],
+    vp_stage: int | None = None,
+    placement: NormPlacement = NormPlacement(),
+    pp_rank: int | None = None,
+) -> TransformerBlockSubmodules:
     """megatron's decoder block spec (dense / MoE per moe_layer_freq) with our layer class and norms.
 
     megatron slices the block spec to this pipeline stage's layers (pp_rank None: this process's
@@ -75,8 +97,13 @@ def build_block_spec(config: TransformerConfig, use_transformer_engine: bool, va
     """
     if config.pipeline_model_parallel_layout is not None:
         raise ValueError("custom pipeline layouts are not supported by megatron_cod's layer specs")
-    block = get_gpt_decoder_block_spec(config, use_transformer_engine=use_transformer_engine,
-                                       normalization=config.normalization, vp_stage=vp_stage, pp_rank=pp_rank)
+    block = get_gpt_decoder_block_spec(
+        config,
+        use_transformer_engine=use_transformer_engine,
+        normalization=config.normalization,
+        vp_stage=vp_stage,
+        pp_rank=pp_rank,
+    )
     offset = get_transformer_layer_offset(config, vp_stage=vp_stage, pp_rank=pp_rank)
     norm = standalone_norm(config, use_transformer_engine)
     fused, plain = _fused_and_plain_linear(use_transformer_engine)

@@ -8,7 +8,8 @@ dict and checkpoint/export mappings stay exactly megatron's.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from megatron.core.transformer.identity_op import IdentityOp

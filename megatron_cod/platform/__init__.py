@@ -32,7 +32,11 @@ class ParallelContext:
 
 
 def device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -46,16 +50,25 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     if cpu_compat_active():
-        seed_model_parallel(seed, cpu_rng_tracker(), ps.get_tensor_model_parallel_rank(),
-                            ps.get_expert_model_parallel_rank(), ps.get_expert_tensor_parallel_rank())
+        seed_model_parallel(
+            seed,
+            cpu_rng_tracker(),
+            ps.get_tensor_model_parallel_rank(),
+            ps.get_expert_model_parallel_rank(),
+            ps.get_expert_tensor_parallel_rank(),
+        )
     else:
         torch.manual_seed(seed)
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
 
-def initialize(tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1,
-               expert_model_parallel_size: int = 1, seed: int = 1234,
-               virtual_pipeline_model_parallel_size: int | None = None) -> ParallelContext:
+def initialize(
+    tensor_model_parallel_size: int = 1,
+    pipeline_model_parallel_size: int = 1,
+    expert_model_parallel_size: int = 1,
+    seed: int = 1234,
+    virtual_pipeline_model_parallel_size: int | None = None,
+) -> ParallelContext:
     """Process group, CPU layer (if no CUDA), megatron's parallel_state, and seeds."""
     from megatron.core import parallel_state as ps
 
@@ -91,5 +104,12 @@ def teardown(barrier: bool = True) -> None:
     destroy_process_group(barrier)
 
 
-__all__ = ["ParallelContext", "initialize", "teardown", "seed_everything", "device",
-           "enable_cpu_compat", "cpu_compat_active"]
+__all__ = [
+    "ParallelContext",
+    "initialize",
+    "teardown",
+    "seed_everything",
+    "device",
+    "enable_cpu_compat",
+    "cpu_compat_active",
+]

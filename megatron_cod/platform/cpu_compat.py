@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 from megatron_cod.platform.rng import CpuRNGStatesTracker
 
 _lock = threading.Lock()
-_mode: "CudaToCpuMode | None" = None
+_mode: CudaToCpuMode | None = None
 _TRACKER = CpuRNGStatesTracker()
 
 
@@ -68,7 +68,7 @@ class _InertStream:
     def wait_event(self, *args: Any) -> None:
         pass
 
-    def record_event(self, *args: Any) -> "_InertStream":
+    def record_event(self, *args: Any) -> _InertStream:
         return _InertStream()
 
     def record(self, *args: Any) -> None:

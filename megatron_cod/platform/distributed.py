@@ -36,8 +36,13 @@ def init_process_group(backend: str | None = None, timeout_minutes: int = 30) ->
         dist.init_process_group(backend=backend, timeout=timeout)
     else:
         # no environment changes: child processes (torchrun, tests) must not inherit a dead master
-        dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
-                                rank=0, world_size=1, timeout=timeout)
+        dist.init_process_group(
+            backend=backend,
+            init_method=f"tcp://127.0.0.1:{_free_port()}",
+            rank=0,
+            world_size=1,
+            timeout=timeout,
+        )
     return dist.get_rank(), dist.get_world_size()
 
 

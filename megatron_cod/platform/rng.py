@@ -8,7 +8,7 @@ generator state that is swapped in for the duration of a fork.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -62,8 +62,9 @@ class CpuRNGStatesTracker:
             torch.set_rng_state(outer)
 
 
-def seed_model_parallel(seed: int, tracker: CpuRNGStatesTracker, tp_rank: int, ep_rank: int,
-                        etp_rank: int) -> None:
+def seed_model_parallel(
+    seed: int, tracker: CpuRNGStatesTracker, tp_rank: int, ep_rank: int, etp_rank: int
+) -> None:
     """Seed the default generator and the named streams with megatron's per-rank offsets.
 
     Mirrors model_parallel_cuda_manual_seed so a CPU run draws the same streams a GPU run would

@@ -32,19 +32,41 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cod-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sweep", metavar="SWEEP", help=f"a sweep YAML file or a shipped sweep ({', '.join(shipped_sweeps())})")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key in every member, e.g. --set train.train_iters=50 (repeatable)")
-    p.add_argument("--seeds", type=int, metavar="N", help="run each member with N seeds (train.seed, +1, ...)")
-    p.add_argument("--output-dir", metavar="DIR", help="where member runs and checkpoints go (default sweeps/<name>)")
-    p.add_argument("--tracking-uri", metavar="URI",
-                   help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db, as training)")
-    p.add_argument("--nproc-per-node", type=int, default=1, metavar="N", help="launch each member with torchrun")
-    p.add_argument("--launcher", choices=("local", "slurm"), default="local",
-                   help="local: run members one after another here; slurm: write sbatch scripts and submit")
+    p.add_argument(
+        "sweep", metavar="SWEEP", help=f"a sweep YAML file or a shipped sweep ({', '.join(shipped_sweeps())})"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every member, e.g. --set train.train_iters=50 (repeatable)",
+    )
+    p.add_argument(
+        "--seeds", type=int, metavar="N", help="run each member with N seeds (train.seed, +1, ...)"
+    )
+    p.add_argument(
+        "--output-dir", metavar="DIR", help="where member runs and checkpoints go (default sweeps/<name>)"
+    )
+    p.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db, as training)",
+    )
+    p.add_argument(
+        "--nproc-per-node", type=int, default=1, metavar="N", help="launch each member with torchrun"
+    )
+    p.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: run members one after another here; slurm: write sbatch scripts and submit",
+    )
     p.add_argument("--analyze", action="store_true", help="run cod-analyze on each member's final checkpoint")
     p.add_argument("--no-compare", action="store_true", help="skip the final cod-compare")
-    p.add_argument("--dry-run", action="store_true", help="list members, seeds and their state; train nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="list members, seeds and their state; train nothing"
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -64,31 +86,41 @@ def _diff(run: MemberRun) -> str:
 
 
 class SweepRunner:
-    def __init__(self, sweep: Sweep, runs: list[MemberRun], root: Path, uri: str, args: argparse.Namespace) -> None:
+    def __init__(
+        self, sweep: Sweep, runs: list[MemberRun], root: Path, uri: str, args: argparse.Namespace
+    ) -> None:
         self.sweep, self.runs, self.root, self.uri, self.args = sweep, runs, root, uri, args
         self.members = len(sweep.members)
         self.seeds = max(r.seed_index for r in runs)
 
     def prefix(self, run: MemberRun) -> str:
-        return (f"[{self.sweep.name} member {run.index}/{self.members} {run.member.id}"
-                f" seed {run.seed_index}/{self.seeds}]")
+        return (
+            f"[{self.sweep.name} member {run.index}/{self.members} {run.member.id}"
+            f" seed {run.seed_index}/{self.seeds}]"
+        )
 
     def plan(self) -> list[tuple[MemberRun, Path, Any]]:
         from megatron_cod.sweep.state import finished_runs, run_directory, state_of
 
         finished = finished_runs(self.uri, self.sweep.name)
-        return [(run, run_directory(self.root, run), state_of(run, run_directory(self.root, run), finished))
-                for run in self.runs]
+        return [
+            (run, run_directory(self.root, run), state_of(run, run_directory(self.root, run), finished))
+            for run in self.runs
+        ]
 
     def dry_run(self) -> None:
         from megatron_cod.sweep.state import run_hash
 
-        print(f"sweep {self.sweep.name}: {self.members} members x {self.seeds} seeds -> {self.root}, store {self.uri}")
+        print(
+            f"sweep {self.sweep.name}: {self.members} members x {self.seeds} seeds -> {self.root}, store {self.uri}"
+        )
         if self.sweep.description:
             print(f"  {self.sweep.description}")
-        for run, directory, state in self.plan():
-            print(f"  {run.member.id:<24} seed {run.seed:<6} hash {run_hash(run.config)[:8]}  {state.describe():<28} "
-                  f"{_diff(run)}")
+        for run, _directory, state in self.plan():
+            print(
+                f"  {run.member.id:<24} seed {run.seed:<6} hash {run_hash(run.config)[:8]}  {state.describe():<28} "
+                f"{_diff(run)}"
+            )
 
     def run_local(self) -> list[str]:
         from megatron_cod.sweep.launch import child_env, run_config, run_streamed, training_command
@@ -104,13 +136,22 @@ class SweepRunner:
                 config_path = directory / "config.yaml"
                 run_config(run, self.sweep.name, directory, self.uri).to_yaml(config_path)
                 resume = state.resume_iteration is not None
-                print(f"{prefix} {'resuming from iteration ' + str(state.resume_iteration) if resume else 'training'}"
-                      f" ({_diff(run)}, seed {run.seed}) in {directory}", flush=True)
+                print(
+                    f"{prefix} {'resuming from iteration ' + str(state.resume_iteration) if resume else 'training'}"
+                    f" ({_diff(run)}, seed {run.seed}) in {directory}",
+                    flush=True,
+                )
                 start = time.perf_counter()
-                code = run_streamed(training_command(config_path, self.args.nproc_per_node, resume),
-                                    child_env(self.uri), prefix, directory / "train.log")
+                code = run_streamed(
+                    training_command(config_path, self.args.nproc_per_node, resume),
+                    child_env(self.uri),
+                    prefix,
+                    directory / "train.log",
+                )
                 if code != 0:
-                    failures.append(f"{run.member.id} seed {run.seed} (exit {code}; log {directory / 'train.log'})")
+                    failures.append(
+                        f"{run.member.id} seed {run.seed} (exit {code}; log {directory / 'train.log'})"
+                    )
                     print(f"{prefix} FAILED with exit {code}; see {directory / 'train.log'}", flush=True)
                     continue
                 trained += 1
@@ -130,9 +171,20 @@ class SweepRunner:
             return []
         # beside the run's journal, where cod-compare --run-dirs looks for it
         out = Path(training.data.tags.get(tags.RUN_DIR, directory)) / "analysis"
-        cmd = [sys.executable, "-m", "megatron_cod.analysis.cli", *self.sweep.analyze_args,
-               "--checkpoint", str(directory / "checkpoints"), "--output-dir", str(out), "--overwrite", "--quiet",
-               "--mlflow-run-id", training.info.run_id]
+        cmd = [
+            sys.executable,
+            "-m",
+            "megatron_cod.analysis.cli",
+            *self.sweep.analyze_args,
+            "--checkpoint",
+            str(directory / "checkpoints"),
+            "--output-dir",
+            str(out),
+            "--overwrite",
+            "--quiet",
+            "--mlflow-run-id",
+            training.info.run_id,
+        ]
         print(f"{self.prefix(run)} analysing the final checkpoint", flush=True)
         code = run_streamed(cmd, child_env(self.uri), self.prefix(run), directory / "analysis.log")
         return [] if code == 0 else [f"{run.member.id} seed {run.seed} analysis (exit {code})"]
@@ -148,10 +200,20 @@ class SweepRunner:
             directory.mkdir(parents=True, exist_ok=True)
             config_path = directory / "config.yaml"
             run_config(run, self.sweep.name, directory, self.uri).to_yaml(config_path)
-            scripts.append(write_slurm(run, self.sweep.name, config_path, self.args.nproc_per_node,
-                                       state.resume_iteration is not None, self.uri))
+            scripts.append(
+                write_slurm(
+                    run,
+                    self.sweep.name,
+                    config_path,
+                    self.args.nproc_per_node,
+                    state.resume_iteration is not None,
+                    self.uri,
+                )
+            )
         submit = self.root / "submit.sh"
-        submit.write_text("#!/bin/bash\nset -euo pipefail\n" + "".join(f"sbatch {shlex.quote(str(s))}\n" for s in scripts))
+        submit.write_text(
+            "#!/bin/bash\nset -euo pipefail\n" + "".join(f"sbatch {shlex.quote(str(s))}\n" for s in scripts)
+        )
         print(f"[{self.sweep.name}] wrote {len(scripts)} sbatch scripts and {submit}")
         if not scripts:
             return
@@ -159,8 +221,10 @@ class SweepRunner:
             subprocess.run(["bash", str(submit)], check=True)
         else:
             print(f"[{self.sweep.name}] sbatch is not on PATH here; on the cluster run: bash {submit}")
-        print(f"[{self.sweep.name}] when the jobs finish: cod-compare --sweep {self.sweep.name} "
-              f"--tracking-uri {self.uri} --claims")
+        print(
+            f"[{self.sweep.name}] when the jobs finish: cod-compare --sweep {self.sweep.name} "
+            f"--tracking-uri {self.uri} --claims"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -184,8 +248,20 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_compare:
         from megatron_cod.compare.cli import main as compare
 
-        code = compare(["--sweep", sweep.name, "--tracking-uri", uri, "--output-dir", str(root / "comparison"),
-                        "--overwrite", "--claims", "--title", f"Sweep {sweep.name}"])
+        code = compare(
+            [
+                "--sweep",
+                sweep.name,
+                "--tracking-uri",
+                uri,
+                "--output-dir",
+                str(root / "comparison"),
+                "--overwrite",
+                "--claims",
+                "--title",
+                f"Sweep {sweep.name}",
+            ]
+        )
         if code != 0:
             failures.append("cod-compare")
     if failures:

@@ -1,13 +1,13 @@
 """A sweep file, its members and seeds, and every member's full config, validated before training.
 
-    description: Depth sweep at CPU scale
-    base: cpu_dense_deep            # a preset name, or base_config: path/relative/to/this/file.yaml
-    expected_minutes: 30            # what this sweep takes on the machine its scale names
-    set: {train.train_iters: 150}   # overrides for every member
-    grid: {model.num_layers: [4, 8, 16]}        # or
-    members: [{id: baseline, set: {...}}, ...]  # an explicit list
-    seeds: 3                        # or [1234, 4321, 99]; each member runs once per seed
-    analyze_args: [variance, --num-samples, "16"]  # cod-analyze arguments for --analyze
+description: Depth sweep at CPU scale
+base: cpu_dense_deep            # a preset name, or base_config: path/relative/to/this/file.yaml
+expected_minutes: 30            # what this sweep takes on the machine its scale names
+set: {train.train_iters: 150}   # overrides for every member
+grid: {model.num_layers: [4, 8, 16]}        # or
+members: [{id: baseline, set: {...}}, ...]  # an explicit list
+seeds: 3                        # or [1234, 4321, 99]; each member runs once per seed
+analyze_args: [variance, --num-samples, "16"]  # cod-analyze arguments for --analyze
 """
 
 from __future__ import annotations
@@ -29,14 +29,27 @@ from megatron_cod.compare.grouping import short_name
 from megatron_cod.config import ConfigError, ExperimentConfig, available_presets, preset_dict
 from megatron_cod.config.experiment import coerce_config_dict, merge_sections
 
-SWEEP_KEYS = ("description", "base", "base_config", "expected_minutes", "scale", "set", "grid", "members", "seeds",
-              "analyze_args")
+SWEEP_KEYS = (
+    "description",
+    "base",
+    "base_config",
+    "expected_minutes",
+    "scale",
+    "set",
+    "grid",
+    "members",
+    "seeds",
+    "analyze_args",
+)
 DEFAULT_ANALYZE_ARGS = ["all", "--num-samples", "16", "--loss-samples", "8", "--jacobian-samples", "2"]
 
 
 def shipped_sweeps() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("megatron_cod.sweep").joinpath("sweeps").iterdir()
-                  if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[:-5]
+        for p in resources.files("megatron_cod.sweep").joinpath("sweeps").iterdir()
+        if p.name.endswith(".yaml")
+    )
 
 
 def _nested(overrides: Mapping[str, Any], where: str) -> dict[str, dict[str, Any]]:
@@ -117,8 +130,9 @@ class Sweep:
             config = self.member_config(member, extra)
             seed_list = self.seed_list(config, seeds)
             for seed_index, seed in enumerate(seed_list, 1):
-                runs.append(MemberRun(member, index, seed, seed_index,
-                                      config.with_overrides({"train.seed": seed})))
+                runs.append(
+                    MemberRun(member, index, seed, seed_index, config.with_overrides({"train.seed": seed}))
+                )
         return runs
 
 
@@ -134,8 +148,10 @@ def _grid(grid: Any, source: str) -> list[Member]:
         if not isinstance(values, list) or not values:
             raise CompareError(f"{source}: grid key {key!r} needs a non-empty list of values")
     keys = list(grid)
-    return [Member(_member_id(dict(zip(keys, combo))), dict(zip(keys, combo)))
-            for combo in itertools.product(*grid.values())]
+    return [
+        Member(_member_id(dict(zip(keys, combo))), dict(zip(keys, combo)))
+        for combo in itertools.product(*grid.values())
+    ]
 
 
 def _members(items: Any, source: str) -> list[Member]:
@@ -147,7 +163,9 @@ def _members(items: Any, source: str) -> list[Member]:
             raise CompareError(f"{source}: member {i} needs an id")
         unknown = set(item) - {"id", "set"}
         if unknown:
-            raise CompareError(f"{source}: member {item['id']}: unknown key(s) {sorted(unknown)} (use id and set)")
+            raise CompareError(
+                f"{source}: member {item['id']}: unknown key(s) {sorted(unknown)} (use id and set)"
+            )
         members.append(Member(str(item["id"]), dict(item.get("set") or {})))
     return members
 
@@ -203,7 +221,15 @@ def load_sweep(name_or_path: str) -> Sweep:
     if len(set(ids)) != len(ids):
         raise CompareError(f"{source}: member ids repeat: {ids}")
     analyze = data.get("analyze_args", DEFAULT_ANALYZE_ARGS)
-    return Sweep(name=path.stem, source=source, base=base, base_config=base_config, members=members,
-                 common=dict(data.get("set") or {}), seeds=_seeds(data.get("seeds"), source),
-                 description=str(data.get("description", "")), expected_minutes=data.get("expected_minutes"),
-                 analyze_args=[str(a) for a in analyze])
+    return Sweep(
+        name=path.stem,
+        source=source,
+        base=base,
+        base_config=base_config,
+        members=members,
+        common=dict(data.get("set") or {}),
+        seeds=_seeds(data.get("seeds"), source),
+        description=str(data.get("description", "")),
+        expected_minutes=data.get("expected_minutes"),
+        analyze_args=[str(a) for a in analyze],
+    )

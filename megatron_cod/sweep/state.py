@@ -46,8 +46,11 @@ def finished_runs(uri: str, sweep: str) -> dict[tuple[str, str, str], Any]:
         return {}
     client = open_client(uri)
     experiments = all_experiment_ids(client, uri)
-    runs = search_runs(client, uri, experiments, f"tags.`{tags.SWEEP}` = '{sweep}'",
-                       "finding the sweep's runs") if experiments else []
+    runs = (
+        search_runs(client, uri, experiments, f"tags.`{tags.SWEEP}` = '{sweep}'", "finding the sweep's runs")
+        if experiments
+        else []
+    )
     out: dict[tuple[str, str, str], Any] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):
         t = run.data.tags
@@ -66,5 +69,8 @@ def state_of(run: MemberRun, directory: Path, finished: dict[tuple[str, str, str
 def analyzed(uri: str, training_runs: list[Any]) -> set[str]:
     """Ids of the given training runs that already have a FINISHED nested analysis run."""
     experiments = sorted({run.info.experiment_id for run in training_runs})
-    return set(nested_runs(open_client(uri), uri, experiments, tags.KIND_ANALYSIS,
-                           {run.info.run_id for run in training_runs}))
+    return set(
+        nested_runs(
+            open_client(uri), uri, experiments, tags.KIND_ANALYSIS, {run.info.run_id for run in training_runs}
+        )
+    )

@@ -24,9 +24,15 @@ import torch.distributed as dist
 # Token-weighted per-layer statistics: each column has its own count column, since the sources
 # differ (layer output, attention branch, MLP branch, final norm, router).
 ACTIVATION_STATS = (
-    "var", "rms", "update_norm", "rel_update", "cosine",
-    "attn_var", "attn_norm",
-    "mlp_var", "mlp_norm",
+    "var",
+    "rms",
+    "update_norm",
+    "rel_update",
+    "cosine",
+    "attn_var",
+    "attn_norm",
+    "mlp_var",
+    "mlp_norm",
     "var_final_norm",
     "router_entropy",
 )
@@ -58,8 +64,9 @@ class TelemetryBuffers:
     """Named views into one flat fp64 tensor; the weight sums come first so they can be reduced
     on their own before the small-weight counts are taken."""
 
-    def __init__(self, shape: BufferShape, device: torch.device | str,
-                 flat: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, shape: BufferShape, device: torch.device | str, flat: torch.Tensor | None = None
+    ) -> None:
         L, H, E, F = shape.num_layers, shape.num_heads, shape.num_experts, shape.num_weight_families
         layout = (
             ("weight_sums", (L, F, 3)),
@@ -96,7 +103,7 @@ class TelemetryBuffers:
     def all_reduce_rest(self) -> None:
         _sum_over_world(self.flat[self._weight_end :])
 
-    def to_host(self) -> "TelemetryBuffers":
+    def to_host(self) -> TelemetryBuffers:
         """A host copy with the same views: the step's one device-to-host transfer."""
         return TelemetryBuffers(self.shape, "cpu", flat=self.flat.cpu())
 

@@ -50,7 +50,8 @@ of the layer, with gradients as the optimizer sees them before clipping (megatro
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from megatron.core.transformer.enums import AttnMaskType
@@ -90,10 +91,17 @@ ACTIVATIONS, ATTENTION, WEIGHTS = "activations", "attention", "weights"
 # megatron's aux-loss type (config.moe_router_load_balancing_type) behind each tracker name, and
 # the router process group whose ranks each hold a partial value that megatron sums (None: every
 # rank holds a full value of its own tokens, which megatron averages).
-_AUX_TYPE = {"load_balancing_loss": "aux_loss", "seq_load_balancing_loss": "seq_aux_loss",
-             "global_load_balancing_loss": "global_aux_loss"}
-_AUX_SUM_GROUP = {"load_balancing_loss": "tp_cp_group", "seq_load_balancing_loss": "tp_cp_group",
-                  "global_load_balancing_loss": "tp_dp_cp_group", "z_loss": None}
+_AUX_TYPE = {
+    "load_balancing_loss": "aux_loss",
+    "seq_load_balancing_loss": "seq_aux_loss",
+    "global_load_balancing_loss": "global_aux_loss",
+}
+_AUX_SUM_GROUP = {
+    "load_balancing_loss": "tp_cp_group",
+    "seq_load_balancing_loss": "tp_cp_group",
+    "global_load_balancing_loss": "tp_dp_cp_group",
+    "z_loss": None,
+}
 
 # Largest fp32 attention-probability block materialised at once for the attention sample.
 _ATTENTION_CHUNK_BYTES = 256 * 2**20
@@ -140,13 +148,16 @@ class DepthTelemetry:
         self.num_experts: int = config.num_moe_experts or 0
         self._config = config
         self._layers = [layer for m in models for layer in m.decoder.layers]
-        self._final_norms = [m.decoder.final_layernorm for m in models
-                             if getattr(m.decoder, "final_layernorm", None) is not None]
+        self._final_norms = [
+            m.decoder.final_layernorm
+            for m in models
+            if getattr(m.decoder, "final_layernorm", None) is not None
+        ]
         self._ranks = ParallelRanks.current()
         self._device = next(models[0].parameters()).device
         self._buf = TelemetryBuffers(
-            BufferShape(self.num_layers, self.num_heads, self.num_experts, len(WEIGHT_FAMILIES)),
-            self._device)
+            BufferShape(self.num_layers, self.num_heads, self.num_experts, len(WEIGHT_FAMILIES)), self._device
+        )
         self._params = layer_params(self._layers, self._ranks)
         self._build_norm_plan()
         self._build_weight_plan()
@@ -189,7 +200,9 @@ class DepthTelemetry:
             return
         with torch.no_grad():
             grads = [t for _, t in self._static_grads]
-            grads += [lp.param.grad if lp.param.grad is not None else self._zero for lp in self._dynamic_grads]
+            grads += [
+                lp.param.grad if lp.param.grad is not None else self._zero for lp in self._dynamic_grads
+            ]
             self._add_squared_norms(grads, self._grad_index)
             self._add_squared_norms([lp.param.detach() for lp in self._counted], self._param_index)
         self._norms_taken = True
@@ -206,9 +219,13 @@ class DepthTelemetry:
             if WEIGHTS in armed:
                 self._collect_weights()
             self._buf.all_reduce_rest()
-        return format_values(self._buf.to_host(), activations=ACTIVATIONS in armed,
-                             norms=self._norms_taken, attention=ATTENTION in armed,
-                             weights=WEIGHTS in armed)
+        return format_values(
+            self._buf.to_host(),
+            activations=ACTIVATIONS in armed,
+            norms=self._norms_taken,
+            attention=ATTENTION in armed,
+            weights=WEIGHTS in armed,
+        )
 
     def remove(self) -> None:
         """Detach every hook and wrapper; the model is as it was before."""
@@ -233,14 +250,20 @@ class DepthTelemetry:
                 self._activation_plan.append((layer.mlp, post, self._branch_hook(row, MLP_BRANCH_STATS)))
             router = getattr(layer.mlp, "router", None)
             if router is not None:
-                counted = {name: 1.0 if group is None or getattr(router, group).rank() == 0 else 0.0
-                           for name, group in _AUX_SUM_GROUP.items()}
-                self._activation_plan += [(router, pre, self._router_pre_hook(row)),
-                                          (router, post, self._router_hook(row, counted))]
+                counted = {
+                    name: 1.0 if group is None or getattr(router, group).rank() == 0 else 0.0
+                    for name, group in _AUX_SUM_GROUP.items()
+                }
+                self._activation_plan += [
+                    (router, pre, self._router_pre_hook(row)),
+                    (router, post, self._router_hook(row, counted)),
+                ]
                 self._router_plan.append((router, self._logit_capture(router)))
         self._activation_plan += [(norm, post, self._final_norm_hook()) for norm in self._final_norms]
-        self._attention_plan = [(layer.self_attention.core_attention, self._attention_hook(layer.layer_number - 1))
-                                for layer in self._layers]
+        self._attention_plan = [
+            (layer.self_attention.core_attention, self._attention_hook(layer.layer_number - 1))
+            for layer in self._layers
+        ]
 
     def _attach(self) -> None:
         register = self._handles.append
@@ -286,6 +309,7 @@ class DepthTelemetry:
                 terms = M.layer_output_terms(h_in, h_out).flatten(1)
                 self._pending.add(sums, terms.sum(dim=1, dtype=torch.float64))
             self._pending.count(counts, terms.shape[1])
+
         return hook
 
     def _branch_hook(self, row: int, columns: slice) -> Callable:
@@ -298,11 +322,13 @@ class DepthTelemetry:
                 terms = M.branch_output_terms(_branch_output(output)).flatten(1)
                 self._pending.add(sums, terms.sum(dim=1, dtype=torch.float64))
             self._pending.count(counts, terms.shape[1])
+
         return hook
 
     def _final_norm_hook(self) -> Callable:
-        sums, counts = self._activation_positions(self.num_layers - 1,
-                                                  slice(FINAL_NORM_STAT, FINAL_NORM_STAT + 1))
+        sums, counts = self._activation_positions(
+            self.num_layers - 1, slice(FINAL_NORM_STAT, FINAL_NORM_STAT + 1)
+        )
 
         def hook(norm: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
             if _in_backward():
@@ -311,11 +337,14 @@ class DepthTelemetry:
                 var = M.per_token_variance(output)
                 self._pending.add(sums, var.sum(dtype=torch.float64).reshape(1))
             self._pending.count(counts, var.numel())
+
         return hook
 
     def _activation_positions(self, row: int, columns: slice) -> tuple[list[int], list[int]]:
-        return (self._buf.positions("act_sum")[row, columns].tolist(),
-                self._buf.positions("act_count")[row, columns].tolist())
+        return (
+            self._buf.positions("act_sum")[row, columns].tolist(),
+            self._buf.positions("act_count")[row, columns].tolist(),
+        )
 
     # --- MoE router ----------------------------------------------------------------------------
 
@@ -329,6 +358,7 @@ class DepthTelemetry:
             if not _in_backward():
                 self._logits[router] = logits
             return logits
+
         return capture_logits
 
     @staticmethod
@@ -353,7 +383,9 @@ class DepthTelemetry:
             tracker = get_moe_layer_wise_logging_tracker()
             self._aux_before[router] = [
                 (i, name, tracker[name]["values"][row].detach().clone() if name in tracker else None)
-                for i, name in self._tracked_aux_losses(router)]
+                for i, name in self._tracked_aux_losses(router)
+            ]
+
         return hook
 
     def _router_hook(self, row: int, count_weights: dict[str, float]) -> Callable:
@@ -361,7 +393,8 @@ class DepthTelemetry:
         aux_counts = self._buf.positions("aux_count")[row].tolist()
         tokens = self._buf.positions("expert_tokens")[row].tolist()
         entropy_sum, entropy_count = self._activation_positions(
-            row, slice(ROUTER_ENTROPY_STAT, ROUTER_ENTROPY_STAT + 1))
+            row, slice(ROUTER_ENTROPY_STAT, ROUTER_ENTROPY_STAT + 1)
+        )
 
         def hook(router: torch.nn.Module, args: tuple, output: Any) -> None:
             from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
@@ -382,6 +415,7 @@ class DepthTelemetry:
                     entropy = M.per_token_router_entropy(logits.reshape(-1, logits.shape[-1]))
                     self._pending.add(entropy_sum, entropy.sum(dtype=torch.float64).reshape(1))
                     self._pending.count(entropy_count, entropy.numel())
+
         return hook
 
     # --- attention sample ----------------------------------------------------------------------
@@ -402,6 +436,7 @@ class DepthTelemetry:
             key = args[1] if len(args) > 1 else kwargs["key"]
             with torch.no_grad():
                 self._sample_attention(row, query, key)
+
         return hook
 
     def _sample_attention(self, row: int, query: torch.Tensor, key: torch.Tensor) -> None:
@@ -421,12 +456,16 @@ class DepthTelemetry:
             probs = M.causal_attention_probs(q[:, h0:h1], k[:, h0:h1], scale)
             span = slice(offset + h0, offset + h1)
             if entropy_rows:
-                self._pending.add(where[span, ATTN_ENTROPY_SUM].tolist(),
-                                  M.attention_normalized_entropy(probs).double() * entropy_rows)
+                self._pending.add(
+                    where[span, ATTN_ENTROPY_SUM].tolist(),
+                    M.attention_normalized_entropy(probs).double() * entropy_rows,
+                )
                 self._pending.count(where[span, ATTN_ENTROPY_ROWS].tolist(), entropy_rows)
             if topk_rows:
-                self._pending.add(where[span, ATTN_TOPK_SUM].tolist(),
-                                  M.attention_topk_mass(probs, topk).double() * topk_rows)
+                self._pending.add(
+                    where[span, ATTN_TOPK_SUM].tolist(),
+                    M.attention_topk_mass(probs, topk).double() * topk_rows,
+                )
                 self._pending.count(where[span, ATTN_TOPK_ROWS].tolist(), topk_rows)
 
     # --- gradient, parameter and weight sums ---------------------------------------------------
@@ -447,8 +486,9 @@ class DepthTelemetry:
                 self._static_grads += distributed_optimizer_grad_slices(chunk, wanted, self._ranks)
             else:
                 self._static_grads += [(lp, lp.param.main_grad) for lp in wanted.values() if lp.counted]
-        self._dynamic_grads = [lp for lp in self._params if lp.param not in covered and lp.counted
-                               and lp.param.requires_grad]
+        self._dynamic_grads = [
+            lp for lp in self._params if lp.param not in covered and lp.counted and lp.param.requires_grad
+        ]
         self._counted = [lp for lp in self._params if lp.counted]
         grad_rows = [lp.row for lp, _ in self._static_grads] + [lp.row for lp in self._dynamic_grads]
         self._grad_index = self._index([2 * r for r in grad_rows])
@@ -460,8 +500,9 @@ class DepthTelemetry:
         families = len(WEIGHT_FAMILIES)
         cells = [lp.row * families + WEIGHT_FAMILIES.index(lp.family) for lp in self._weights]
         self._weight_cell = self._index(cells)
-        self._weight_numel = torch.tensor([float(lp.param.numel()) for lp in self._weights],
-                                          dtype=torch.float64, device=self._device)
+        self._weight_numel = torch.tensor(
+            [float(lp.param.numel()) for lp in self._weights], dtype=torch.float64, device=self._device
+        )
 
     def _index(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self._device)

@@ -90,13 +90,15 @@ def layer_output_terms(h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
     y_norm = torch.linalg.vector_norm(y, dim=-1)
     update = torch.linalg.vector_norm(y - x, dim=-1)
     cosine = torch.linalg.vecdot(x, y) / (x_norm * y_norm).clamp_min(_EPS)
-    return torch.stack([
-        per_token_variance(y),
-        y_norm / math.sqrt(y.shape[-1]),
-        update,
-        update / x_norm.clamp_min(_EPS),
-        cosine,
-    ])
+    return torch.stack(
+        [
+            per_token_variance(y),
+            y_norm / math.sqrt(y.shape[-1]),
+            update,
+            update / x_norm.clamp_min(_EPS),
+            cosine,
+        ]
+    )
 
 
 def branch_output_terms(a: torch.Tensor) -> torch.Tensor:

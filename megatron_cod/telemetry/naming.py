@@ -39,8 +39,9 @@ def expert_key(stat: str, layer_number: int, num_layers: int, expert: int, num_e
     return f"{moe_key(stat, layer_number, num_layers)}/{index_tag('expert', expert, num_experts)}"
 
 
-def attention_key(stat: str, layer_number: int, num_layers: int, head: int | None = None,
-                  num_heads: int = 0) -> str:
+def attention_key(
+    stat: str, layer_number: int, num_layers: int, head: int | None = None, num_heads: int = 0
+) -> str:
     """``attn/entropy/layer_07/head_03``; without a head, the layer's mean over heads."""
     key = f"attn/{stat}/{layer_tag(layer_number, num_layers)}"
     return key if head is None else f"{key}/{index_tag('head', head, num_heads)}"

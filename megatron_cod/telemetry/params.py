@@ -17,16 +17,22 @@ entry must be counted exactly once:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 
 # Weight matrices reported per layer; routed experts of a layer are pooled into one population.
 WEIGHT_FAMILIES = (
-    "linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "router",
-    "experts.linear_fc1", "experts.linear_fc2",
-    "shared_experts.linear_fc1", "shared_experts.linear_fc2",
+    "linear_qkv",
+    "linear_proj",
+    "linear_fc1",
+    "linear_fc2",
+    "router",
+    "experts.linear_fc1",
+    "experts.linear_fc2",
+    "shared_experts.linear_fc1",
+    "shared_experts.linear_fc2",
 )
 _GROUPED_MLP_WEIGHTS = {"weight1": "linear_fc1", "weight2": "linear_fc2"}
 
@@ -62,7 +68,7 @@ class ParallelRanks:
     expert_dp: int = 0
 
     @classmethod
-    def current(cls) -> "ParallelRanks":
+    def current(cls) -> ParallelRanks:
         from megatron.core import parallel_state as ps
 
         if not ps.model_parallel_is_initialized():
@@ -89,12 +95,12 @@ def counts_whole_tensor(param: torch.Tensor, routed_expert: bool, ranks: Paralle
 
 @dataclass(frozen=True)
 class LayerParam:
-    row: int                 # 0-based global layer index
-    name: str                # relative to the layer
+    row: int  # 0-based global layer index
+    name: str  # relative to the layer
     param: torch.nn.Parameter
     routed_expert: bool
-    counted: bool            # counts_whole_tensor for this rank
-    family: str | None       # weight family, None for norms and unlisted matrices
+    counted: bool  # counts_whole_tensor for this rank
+    family: str | None  # weight family, None for norms and unlisted matrices
 
 
 def layer_params(layers: Iterable[torch.nn.Module], ranks: ParallelRanks) -> list[LayerParam]:
@@ -108,8 +114,9 @@ def layer_params(layers: Iterable[torch.nn.Module], ranks: ParallelRanks) -> lis
     return out
 
 
-def distributed_optimizer_grad_slices(ddp_chunk: torch.nn.Module, wanted: dict[torch.nn.Parameter, LayerParam],
-                                      ranks: ParallelRanks) -> list[tuple[LayerParam, torch.Tensor]]:
+def distributed_optimizer_grad_slices(
+    ddp_chunk: torch.nn.Module, wanted: dict[torch.nn.Parameter, LayerParam], ranks: ParallelRanks
+) -> list[tuple[LayerParam, torch.Tensor]]:
     """(param, the part of its reduced gradient this DP rank owns) under the distributed optimizer.
 
     megatron's DDP reduce-scatters each bucket: DP rank r of the bucket's group ends up with the

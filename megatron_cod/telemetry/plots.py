@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -40,7 +40,9 @@ def plot_values(values: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in values.items() if _LAYER_KEY.match(k)}
 
 
-def _residual_steps(history: History) -> list[tuple[int, dict[str, float], dict[int, float], dict[int, float]]]:
+def _residual_steps(
+    history: History,
+) -> list[tuple[int, dict[str, float], dict[int, float], dict[int, float]]]:
     """(step, values, raw variance per layer, final-norm variance per layer), by step, for the
     steps that have residual statistics."""
     steps = []
@@ -140,8 +142,13 @@ def plot_variance_heatmap(history: History, out_dir: str | Path) -> Path | None:
     if not steps:
         return None
     fig, ax = plt.subplots(figsize=(7, 5))
-    image = ax.pcolormesh(_edges([float(n) for n in layers]), _edges([float(s) for s in steps]),
-                          np.ma.masked_invalid(grid), cmap="viridis", shading="flat")
+    image = ax.pcolormesh(
+        _edges([float(n) for n in layers]),
+        _edges([float(s) for s in steps]),
+        np.ma.masked_invalid(grid),
+        cmap="viridis",
+        shading="flat",
+    )
     ax.invert_yaxis()
     fig.colorbar(image, ax=ax, label="log10 variance")
     ax.set_xlabel("layer")
@@ -152,6 +159,8 @@ def plot_variance_heatmap(history: History, out_dir: str | Path) -> Path | None:
 
 def write_depth_plots(history: History, out_dir: str | Path) -> list[Path]:
     """All three plots; returns the paths written (none while no step has residual statistics)."""
-    paths = [plot(history, out_dir) for plot in (plot_variance_vs_layer, plot_last_layer_variance,
-                                                 plot_variance_heatmap)]
+    paths = [
+        plot(history, out_dir)
+        for plot in (plot_variance_vs_layer, plot_last_layer_variance, plot_variance_heatmap)
+    ]
     return [p for p in paths if p is not None]

@@ -30,8 +30,9 @@ from megatron_cod.telemetry.accumulator import (
 from megatron_cod.telemetry.params import WEIGHT_FAMILIES
 
 
-def format_values(host: TelemetryBuffers, activations: bool, norms: bool, attention: bool,
-                  weights: bool) -> dict[str, float]:
+def format_values(
+    host: TelemetryBuffers, activations: bool, norms: bool, attention: bool, weights: bool
+) -> dict[str, float]:
     """Named values of the families collected this step, from a host copy of the buffers."""
     L = host.shape.num_layers
     out: dict[str, float] = {}
@@ -79,8 +80,10 @@ def _attention(host: TelemetryBuffers, L: int, out: dict[str, float]) -> None:
     H = host.shape.num_heads
     cells = host.attention.tolist()
     for row in range(L):
-        for stat, total, rows in (("entropy", ATTN_ENTROPY_SUM, ATTN_ENTROPY_ROWS),
-                                  ("topk_mass", ATTN_TOPK_SUM, ATTN_TOPK_ROWS)):
+        for stat, total, rows in (
+            ("entropy", ATTN_ENTROPY_SUM, ATTN_ENTROPY_ROWS),
+            ("topk_mass", ATTN_TOPK_SUM, ATTN_TOPK_ROWS),
+        ):
             per_head = {h: c[total] / c[rows] for h, c in enumerate(cells[row]) if c[rows] > 0}
             for h, value in per_head.items():
                 out[naming.attention_key(stat, row + 1, L, h, H)] = value
@@ -98,4 +101,5 @@ def _weights(host: TelemetryBuffers, L: int, out: dict[str, float]) -> None:
             out[naming.weight_key("sparsity", row + 1, L, family)] = small[row][f] / count
             if count >= 2 and sumsq > 0:
                 out[naming.weight_key("hoyer", row + 1, L, family)] = M.hoyer_from_norms(
-                    torch.tensor(l1), torch.tensor(math.sqrt(sumsq)), count).item()
+                    torch.tensor(l1), torch.tensor(math.sqrt(sumsq)), count
+                ).item()

@@ -59,7 +59,9 @@ class MlflowSink:
         self.tracking_uri = tracking_uri
 
     @classmethod
-    def start(cls, cfg: LoggingConfig, run_name: str, params: dict[str, str], tags: dict[str, str]) -> MlflowSink:
+    def start(
+        cls, cfg: LoggingConfig, run_name: str, params: dict[str, str], tags: dict[str, str]
+    ) -> MlflowSink:
         from mlflow import MlflowClient
 
         uri = resolve_tracking_uri(cfg)

@@ -29,7 +29,6 @@ COMPARED_RUNS = "megatron_cod.compared_runs"
 COMPARISON_RUN = "megatron_cod.comparison_run"
 
 
-
 def training_run_tags(cfg: Any, world_size: int | None = None) -> dict[str, str]:
     """A training run's tags; the config's own --run-tags come last and win."""
     out = {KIND: KIND_TRAIN, SEED: str(cfg.train.seed), CONFIG_HASH: config_hash(cfg.to_flat_dict())}

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 from megatron_cod.config import LoggingConfig
+from megatron_cod.tracking import tags
 from megatron_cod.tracking.journal import JOURNAL_NAME, JsonlJournal
 from megatron_cod.tracking.mlflow_sink import MlflowSink
-from megatron_cod.tracking import tags
 from megatron_cod.tracking.sink import RUN_STATUSES, RunStatus, Sink
 from megatron_cod.tracking.wandb_sink import WandbSink, import_wandb
 

@@ -7,18 +7,26 @@ number of consumed samples, so resuming a run, or changing TP/PP/EP, sees the sa
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
 
-def micro_batch_indices(consumed_samples: int, global_batch_size: int, micro_batch_size: int,
-                        dp_rank: int, dp_size: int, dataset_len: int) -> list[list[int]]:
+def micro_batch_indices(
+    consumed_samples: int,
+    global_batch_size: int,
+    micro_batch_size: int,
+    dp_rank: int,
+    dp_size: int,
+    dataset_len: int,
+) -> list[list[int]]:
     """Sample indices of each micro-batch this rank runs for the global batch starting there."""
     per_rank = global_batch_size // dp_size
     start = consumed_samples + dp_rank * per_rank
-    return [[(start + m * micro_batch_size + i) % dataset_len for i in range(micro_batch_size)]
-            for m in range(per_rank // micro_batch_size)]
+    return [
+        [(start + m * micro_batch_size + i) % dataset_len for i in range(micro_batch_size)]
+        for m in range(per_rank // micro_batch_size)
+    ]
 
 
 def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
@@ -29,8 +37,15 @@ def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
 class GlobalBatchStream:
     """Yields the micro-batches of successive global batches for one data-parallel rank."""
 
-    def __init__(self, dataset, global_batch_size: int, micro_batch_size: int, dp_rank: int,
-                 dp_size: int, consumed_samples: int = 0) -> None:
+    def __init__(
+        self,
+        dataset,
+        global_batch_size: int,
+        micro_batch_size: int,
+        dp_rank: int,
+        dp_size: int,
+        consumed_samples: int = 0,
+    ) -> None:
         self.dataset = dataset
         self.global_batch_size = global_batch_size
         self.micro_batch_size = micro_batch_size
@@ -40,8 +55,13 @@ class GlobalBatchStream:
 
     def next_global_batch(self) -> Iterator[dict[str, torch.Tensor]]:
         """Iterator over this rank's micro-batches of the next global batch."""
-        indices = micro_batch_indices(self.consumed_samples, self.global_batch_size,
-                                      self.micro_batch_size, self.dp_rank, self.dp_size,
-                                      len(self.dataset))
+        indices = micro_batch_indices(
+            self.consumed_samples,
+            self.global_batch_size,
+            self.micro_batch_size,
+            self.dp_rank,
+            self.dp_size,
+            len(self.dataset),
+        )
         self.consumed_samples += self.global_batch_size
         return (collate([self.dataset[i] for i in mb]) for mb in indices)

@@ -51,8 +51,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def _rng_state() -> dict[str, Any]:
     from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
-    state = {"random": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    state = {"random": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if cpu_compat_active():
         state["tracker"] = cpu_rng_tracker().get_states()
     else:
@@ -74,14 +73,24 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def _sharded_state(model: list[torch.nn.Module], optimizer, scheduler, iteration: int,
-                   consumed_samples: dict[str, int], with_optimizer: bool, with_rng: bool,
-                   is_loading: bool) -> dict[str, Any]:
+def _sharded_state(
+    model: list[torch.nn.Module],
+    optimizer,
+    scheduler,
+    iteration: int,
+    consumed_samples: dict[str, int],
+    with_optimizer: bool,
+    with_rng: bool,
+    is_loading: bool,
+) -> dict[str, Any]:
     if len(model) != 1:
         raise ValueError("virtual pipeline stages are not supported by megatron_cod checkpoints")
     model_sd = unwrap_gpt(model[0]).sharded_state_dict()
-    state: dict[str, Any] = {"model": model_sd, "iteration": iteration,
-                             "consumed_samples": dict(consumed_samples)}
+    state: dict[str, Any] = {
+        "model": model_sd,
+        "iteration": iteration,
+        "consumed_samples": dict(consumed_samples),
+    }
     if with_optimizer:
         state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading)
         state["opt_param_scheduler"] = scheduler.state_dict()
@@ -91,10 +100,18 @@ def _sharded_state(model: list[torch.nn.Module], optimizer, scheduler, iteration
     return state
 
 
-def save_checkpoint(root: str | Path, iteration: int, model: list[torch.nn.Module], optimizer,
-                    scheduler, consumed_samples: dict[str, int], config_yaml: str,
-                    parallel_layout: dict[str, int], tokenizer=None,
-                    mlflow_run_id: str | None = None) -> Path:
+def save_checkpoint(
+    root: str | Path,
+    iteration: int,
+    model: list[torch.nn.Module],
+    optimizer,
+    scheduler,
+    consumed_samples: dict[str, int],
+    config_yaml: str,
+    parallel_layout: dict[str, int],
+    tokenizer=None,
+    mlflow_run_id: str | None = None,
+) -> Path:
     root = Path(root)
     final = iteration_dir(root, iteration)
     tmp = final.with_name(final.name + ".tmp")
@@ -106,15 +123,28 @@ def save_checkpoint(root: str | Path, iteration: int, model: list[torch.nn.Modul
         tmp.mkdir()
     dist.barrier()
     # optimizer None: a weights-only checkpoint (cod-import), loaded with --no-load-optim
-    state = _sharded_state(model, optimizer, scheduler, iteration, consumed_samples,
-                           with_optimizer=optimizer is not None, with_rng=True, is_loading=False)
+    state = _sharded_state(
+        model,
+        optimizer,
+        scheduler,
+        iteration,
+        consumed_samples,
+        with_optimizer=optimizer is not None,
+        with_rng=True,
+        is_loading=False,
+    )
     dist_checkpointing.save(state, str(tmp))
     dist.barrier()
     if rank0:
         (tmp / "config.yaml").write_text(config_yaml)
-        meta = {"iteration": iteration, "consumed_samples": consumed_samples,
-                "parallel": parallel_layout, "format": "torch_dist", "mlflow_run_id": mlflow_run_id,
-                "weights_only": optimizer is None}
+        meta = {
+            "iteration": iteration,
+            "consumed_samples": consumed_samples,
+            "parallel": parallel_layout,
+            "format": "torch_dist",
+            "mlflow_run_id": mlflow_run_id,
+            "weights_only": optimizer is None,
+        }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         if tokenizer is not None:
             tokenizer.save(tmp / "tokenizer")
@@ -141,9 +171,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return iteration_dir(path, iteration)
 
 
-def load_checkpoint(path: str | Path, model: list[torch.nn.Module], optimizer, scheduler,
-                    parallel_layout: dict[str, int], load_optim: bool = True,
-                    load_rng: bool = True) -> tuple[int, dict[str, int]]:
+def load_checkpoint(
+    path: str | Path,
+    model: list[torch.nn.Module],
+    optimizer,
+    scheduler,
+    parallel_layout: dict[str, int],
+    load_optim: bool = True,
+    load_rng: bool = True,
+) -> tuple[int, dict[str, int]]:
     """Load a checkpoint (a --save root's latest, or one iter_* dir); returns (iteration, consumed).
 
     RNG states are per rank, so they are restored only when the parallel layout is unchanged.
@@ -154,8 +190,16 @@ def load_checkpoint(path: str | Path, model: list[torch.nn.Module], optimizer, s
     if load_optim and meta.get("weights_only"):
         raise ValueError(f"{ckpt_dir} holds weights only (no optimizer state): load it with --no-load-optim")
     with_rng = load_rng and meta["parallel"] == parallel_layout
-    state = _sharded_state(model, optimizer, scheduler, iteration, {},
-                           with_optimizer=load_optim, with_rng=with_rng, is_loading=True)
+    state = _sharded_state(
+        model,
+        optimizer,
+        scheduler,
+        iteration,
+        {},
+        with_optimizer=load_optim,
+        with_rng=with_rng,
+        is_loading=True,
+    )
     loaded = dist_checkpointing.load(state, str(ckpt_dir))
     unwrap_gpt(model[0]).load_state_dict(loaded["model"])
     if load_optim:

@@ -25,8 +25,18 @@ class ConsoleLog:
         if self.enabled:
             print(text, flush=True, file=sys.stdout)
 
-    def iteration(self, iteration: int, consumed: int, ms: float, lr: float, gbs: int, loss: float,
-                  grad_norm: float | None, tokens_per_s: float, skipped: bool) -> None:
+    def iteration(
+        self,
+        iteration: int,
+        consumed: int,
+        ms: float,
+        lr: float,
+        gbs: int,
+        loss: float,
+        grad_norm: float | None,
+        tokens_per_s: float,
+        skipped: bool,
+    ) -> None:
         now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         gn = f"{grad_norm:.3f}" if grad_norm is not None else "n/a"
         self.line(
@@ -38,5 +48,7 @@ class ConsoleLog:
 
     def evaluation(self, iteration: int, loss: float, ppl: float) -> None:
         bar = "-" * 100
-        self.line(f"{bar}\n validation loss at iteration {iteration} | lm loss value: {loss:.6E}"
-                  f" | lm loss PPL: {ppl:.6E}\n{bar}")
+        self.line(
+            f"{bar}\n validation loss at iteration {iteration} | lm loss value: {loss:.6E}"
+            f" | lm loss PPL: {ppl:.6E}\n{bar}"
+        )

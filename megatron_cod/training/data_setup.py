@@ -41,8 +41,12 @@ def prepare_data(cfg: Any) -> TrainingData:
         data_path, split = [builtin.data_prefix], builtin.split
         tokenizer = load_tokenizer(cfg.data.tokenizer or builtin.tokenizer_path)
     # every evaluation reads the same eval_iters batches of the validation split
-    num_samples = (max(t.train_iters, 1) * t.global_batch_size, t.eval_iters * t.global_batch_size,
-                   max(t.eval_iters, 1) * t.global_batch_size)
-    train, valid, test = build_gpt_datasets(data_path, split, cfg.model.seq_length, t.seed, tokenizer,
-                                            num_samples, create_attention_mask=False)
+    num_samples = (
+        max(t.train_iters, 1) * t.global_batch_size,
+        t.eval_iters * t.global_batch_size,
+        max(t.eval_iters, 1) * t.global_batch_size,
+    )
+    train, valid, test = build_gpt_datasets(
+        data_path, split, cfg.model.seq_length, t.seed, tokenizer, num_samples, create_attention_mask=False
+    )
     return TrainingData(tokenizer=tokenizer, datasets={"train": train, "valid": valid, "test": test})

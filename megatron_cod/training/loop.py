@@ -46,9 +46,13 @@ class TrainingOutcome:
 
 def parallel_layout(cfg: Any, world_size: int) -> dict[str, int]:
     p = cfg.parallel
-    return {"world_size": world_size, "tp": p.tensor_model_parallel_size,
-            "pp": p.pipeline_model_parallel_size, "ep": p.expert_model_parallel_size,
-            "distributed_optimizer": int(p.use_distributed_optimizer)}
+    return {
+        "world_size": world_size,
+        "tp": p.tensor_model_parallel_size,
+        "pp": p.pipeline_model_parallel_size,
+        "ep": p.expert_model_parallel_size,
+        "distributed_optimizer": int(p.use_distributed_optimizer),
+    }
 
 
 def _check_save_dir(cfg: Any) -> None:
@@ -56,7 +60,8 @@ def _check_save_dir(cfg: Any) -> None:
     if save and load is None and latest_iteration(save) is not None:
         raise FileExistsError(
             f"--save {save} already holds checkpoints (latest iteration {latest_iteration(save)}); "
-            f"pass --load {save} to resume or choose another --save")
+            f"pass --load {save} to resume or choose another --save"
+        )
 
 
 class Trainer:
@@ -67,8 +72,9 @@ class Trainer:
         self.ctx = ctx
         self.data = data
         self.model = build_training_model(cfg, data.tokenizer.vocab_size)
-        self.optimizer = build_optimizer(self.model, cfg.optim, cfg.model.bf16,
-                                         cfg.parallel.use_distributed_optimizer)
+        self.optimizer = build_optimizer(
+            self.model, cfg.optim, cfg.model.bf16, cfg.parallel.use_distributed_optimizer
+        )
         self.model[0].config.grad_scale_func = self.optimizer.scale_loss
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.train_iters)
         self.iteration = 0
@@ -76,45 +82,79 @@ class Trainer:
         self.mlflow_run_id: str | None = None
         self.layout = parallel_layout(cfg, ctx.world_size)
         self.dp_rank = ps.get_data_parallel_rank()
-        self.n_micro = num_microbatches(cfg.train.global_batch_size, cfg.train.micro_batch_size,
-                                        ctx.data_parallel_size)
+        self.n_micro = num_microbatches(
+            cfg.train.global_batch_size, cfg.train.micro_batch_size, ctx.data_parallel_size
+        )
 
     def load(self) -> None:
         c = self.cfg.checkpoint
         self.iteration, self.consumed = load_checkpoint(
-            c.load, self.model, self.optimizer, self.scheduler, self.layout,
-            load_optim=c.load_optim, load_rng=c.load_rng)
+            c.load,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.layout,
+            load_optim=c.load_optim,
+            load_rng=c.load_rng,
+        )
         if not c.load_optim:
             self.scheduler.num_steps = self.iteration
 
     def stream(self, split: str, consumed: int) -> GlobalBatchStream:
         t = self.cfg.train
-        return GlobalBatchStream(self.data.datasets[split], t.global_batch_size, t.micro_batch_size,
-                                 self.dp_rank, self.ctx.data_parallel_size, consumed)
+        return GlobalBatchStream(
+            self.data.datasets[split],
+            t.global_batch_size,
+            t.micro_batch_size,
+            self.dp_rank,
+            self.ctx.data_parallel_size,
+            consumed,
+        )
 
     def save(self, config_yaml: str) -> Path:
-        return save_checkpoint(self.cfg.checkpoint.save, self.iteration, self.model, self.optimizer,
-                               self.scheduler, self.consumed, config_yaml, self.layout,
-                               tokenizer=self.data.tokenizer, mlflow_run_id=self.mlflow_run_id)
+        return save_checkpoint(
+            self.cfg.checkpoint.save,
+            self.iteration,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.consumed,
+            config_yaml,
+            self.layout,
+            tokenizer=self.data.tokenizer,
+            mlflow_run_id=self.mlflow_run_id,
+        )
 
     def evaluate(self) -> float | None:
         if self.data.datasets.get("valid") is None or self.cfg.train.eval_iters == 0:
             return None
         t = self.cfg.train
         # the same validation batches every time, so the curve compares like with like
-        return evaluate(self.stream("valid", 0), self.model, t.eval_iters, self.n_micro,
-                        self.cfg.model.seq_length, t.micro_batch_size)
+        return evaluate(
+            self.stream("valid", 0),
+            self.model,
+            t.eval_iters,
+            self.n_micro,
+            self.cfg.model.seq_length,
+            t.micro_batch_size,
+        )
 
 
 def pretrain(cfg: Any, config_yaml: str | None = None) -> TrainingOutcome:
     """Train per cfg on this process's share of the world (torchrun or a single process)."""
     p = cfg.parallel
-    ctx = platform.initialize(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
-                              p.expert_model_parallel_size, seed=cfg.train.seed)
+    ctx = platform.initialize(
+        p.tensor_model_parallel_size,
+        p.pipeline_model_parallel_size,
+        p.expert_model_parallel_size,
+        seed=cfg.train.seed,
+    )
     try:
         cfg.parallel.validate_world_size(ctx.world_size)
         _check_save_dir(cfg)
-        config_yaml = config_yaml if config_yaml is not None else yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        config_yaml = (
+            config_yaml if config_yaml is not None else yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        )
         data = prepare_data(cfg)
         trainer = Trainer(cfg, ctx, data)
         if cfg.checkpoint.load:
@@ -125,8 +165,9 @@ def pretrain(cfg: Any, config_yaml: str | None = None) -> TrainingOutcome:
         telemetry = DepthTelemetry(trainer.model, cfg.telemetry)
         tracker = None
         if logging_rank:
-            tracker = Tracker.start(cfg.logging, run_dir, cfg.to_flat_dict(),
-                                    tags=tags.training_run_tags(cfg, ctx.world_size))
+            tracker = Tracker.start(
+                cfg.logging, run_dir, cfg.to_flat_dict(), tags=tags.training_run_tags(cfg, ctx.world_size)
+            )
             outcome.run_id, outcome.tracking_uri = tracker.run_id, tracker.tracking_uri
             outcome.ui_hint = tracker.ui_hint()
             (run_dir / "config.yaml").write_text(config_yaml)
@@ -134,8 +175,9 @@ def pretrain(cfg: Any, config_yaml: str | None = None) -> TrainingOutcome:
         # rank 0 writes checkpoint metadata; the run id lives on the logging rank
         trainer.mlflow_run_id = _broadcast_from_rank(outcome.run_id, ctx.world_size - 1)
         exit_signal = ExitSignalHandler() if cfg.train.exit_signal_handler else None
-        run_guard = (tracked_run(tracker, handle_sigterm=exit_signal is None) if tracker
-                     else contextlib.nullcontext())
+        run_guard = (
+            tracked_run(tracker, handle_sigterm=exit_signal is None) if tracker else contextlib.nullcontext()
+        )
         try:
             with run_guard:
                 _train(cfg, trainer, telemetry, tracker, outcome, config_yaml, logging_rank, exit_signal)
@@ -150,8 +192,16 @@ def pretrain(cfg: Any, config_yaml: str | None = None) -> TrainingOutcome:
     return outcome
 
 
-def _train(cfg: Any, trainer: Trainer, telemetry, tracker, outcome: TrainingOutcome,
-           config_yaml: str, logging_rank: bool, exit_signal: ExitSignalHandler | None) -> None:
+def _train(
+    cfg: Any,
+    trainer: Trainer,
+    telemetry,
+    tracker,
+    outcome: TrainingOutcome,
+    config_yaml: str,
+    logging_rank: bool,
+    exit_signal: ExitSignalHandler | None,
+) -> None:
     t = cfg.train
     console = ConsoleLog(t.train_iters, trainer.iteration, enabled=logging_rank)
     stream = trainer.stream("train", trainer.consumed["train"])
@@ -161,9 +211,16 @@ def _train(cfg: Any, trainer: Trainer, telemetry, tracker, outcome: TrainingOutc
         iteration = trainer.iteration + 1
         telemetry.begin_step(iteration)
         start = time.perf_counter()
-        result = train_step(stream, trainer.model, trainer.optimizer, trainer.scheduler,
-                            trainer.n_micro, seq, t.micro_batch_size,
-                            after_backward=lambda: telemetry.after_backward(iteration))
+        result = train_step(
+            stream,
+            trainer.model,
+            trainer.optimizer,
+            trainer.scheduler,
+            trainer.n_micro,
+            seq,
+            t.micro_batch_size,
+            after_backward=lambda: telemetry.after_backward(iteration),
+        )
         depth_metrics = telemetry.end_step(iteration)
         elapsed = time.perf_counter() - start
         trainer.iteration = iteration
@@ -171,17 +228,29 @@ def _train(cfg: Any, trainer: Trainer, telemetry, tracker, outcome: TrainingOutc
         if logging_rank:
             tokens_per_s = result.tokens / elapsed
             outcome.losses.append((iteration, result.loss))
-            metrics = {"train/lm_loss": result.loss, "train/lr": result.lr,
-                       "train/tokens_per_s": tokens_per_s, "train/iteration_ms": elapsed * 1e3}
+            metrics = {
+                "train/lm_loss": result.loss,
+                "train/lr": result.lr,
+                "train/tokens_per_s": tokens_per_s,
+                "train/iteration_ms": elapsed * 1e3,
+            }
             if result.grad_norm is not None:
                 metrics["train/grad_norm"] = result.grad_norm
             if depth_metrics:
                 metrics.update(depth_metrics)
                 history.append((iteration, plot_values(depth_metrics)))
             if iteration % t.log_interval == 0 or iteration == t.train_iters:
-                console.iteration(iteration, stream.consumed_samples, elapsed * 1e3, result.lr,
-                                  t.global_batch_size, result.loss, result.grad_norm, tokens_per_s,
-                                  result.skipped)
+                console.iteration(
+                    iteration,
+                    stream.consumed_samples,
+                    elapsed * 1e3,
+                    result.lr,
+                    t.global_batch_size,
+                    result.loss,
+                    result.grad_norm,
+                    tokens_per_s,
+                    result.skipped,
+                )
             tracker.log_metrics(metrics, step=iteration)
         last = iteration == t.train_iters
         stop = _stop_reason(t, iteration, exit_signal)
@@ -220,8 +289,14 @@ def _stop_reason(t: Any, iteration: int, exit_signal: ExitSignalHandler | None) 
     return None
 
 
-def _evaluate(trainer: Trainer, tracker, console: ConsoleLog, outcome: TrainingOutcome,
-              iteration: int, logging_rank: bool) -> None:
+def _evaluate(
+    trainer: Trainer,
+    tracker,
+    console: ConsoleLog,
+    outcome: TrainingOutcome,
+    iteration: int,
+    logging_rank: bool,
+) -> None:
     loss = trainer.evaluate()
     if logging_rank and loss is not None:
         ppl = math.exp(min(loss, 50.0))
@@ -235,11 +310,13 @@ def _log_depth_plots(history: list, tracker, outcome: TrainingOutcome) -> None:
         tracker.log_artifact(png, artifact_path="plots")
 
 
-def _checkpoint(trainer: Trainer, tracker, console: ConsoleLog, outcome: TrainingOutcome,
-                config_yaml: str) -> None:
+def _checkpoint(
+    trainer: Trainer, tracker, console: ConsoleLog, outcome: TrainingOutcome, config_yaml: str
+) -> None:
     path = trainer.save(config_yaml)
     outcome.checkpoint = path
     console.line(f" saved checkpoint at iteration {trainer.iteration} to {path}")
     if tracker is not None:
-        tracker.set_tags({"checkpoint.latest": str(path.resolve()),
-                          "checkpoint.iteration": str(trainer.iteration)})
+        tracker.set_tags(
+            {"checkpoint.latest": str(path.resolve()), "checkpoint.iteration": str(trainer.iteration)}
+        )

@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.distributed import (
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,
+)
 from megatron.core.transformer.module import Float16Module
 
 from megatron_cod.models import build_gpt_model

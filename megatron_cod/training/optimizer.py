@@ -25,8 +25,9 @@ def is_input_embedding(name: str) -> bool:
     return name.endswith(EMBEDDING_PARAM_SUFFIXES)
 
 
-def skips_weight_decay(name: str, param: torch.Tensor, decay_norm_and_bias: bool,
-                       decay_embeddings: bool) -> bool:
+def skips_weight_decay(
+    name: str, param: torch.Tensor, decay_norm_and_bias: bool, decay_embeddings: bool
+) -> bool:
     """True when a parameter belongs to the no-decay group."""
     if is_norm_or_bias(name, param):
         return not decay_norm_and_bias
@@ -39,14 +40,16 @@ def weight_decay_overrides(optim_cfg: Any) -> dict:
     """megatron config_overrides putting our no-decay parameters at wd_mult 0."""
     predicate = ParamWithNamePredicate(
         name="cod_no_weight_decay",
-        fn=lambda param, name: skips_weight_decay(name, param, optim_cfg.decay_norm_and_bias,
-                                                  optim_cfg.decay_embeddings),
+        fn=lambda param, name: skips_weight_decay(
+            name, param, optim_cfg.decay_norm_and_bias, optim_cfg.decay_embeddings
+        ),
     )
     return {ParamKey(with_name_predicate=predicate): {"wd_mult": 0.0}}
 
 
-def build_optimizer(model_chunks: list[torch.nn.Module], optim_cfg: Any, bf16: bool,
-                    use_distributed_optimizer: bool):
+def build_optimizer(
+    model_chunks: list[torch.nn.Module], optim_cfg: Any, bf16: bool, use_distributed_optimizer: bool
+):
     config = OptimizerConfig(
         optimizer=optim_cfg.optimizer,
         lr=optim_cfg.lr,

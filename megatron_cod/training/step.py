@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator
 
 import torch
 from megatron.core import parallel_state as ps
@@ -43,8 +43,14 @@ class StepResult:
     skipped: bool
 
 
-def _run_schedule(stream, model: list[torch.nn.Module], num_microbatches: int, seq_length: int,
-                  micro_batch_size: int, forward_only: bool) -> list[dict]:
+def _run_schedule(
+    stream,
+    model: list[torch.nn.Module],
+    num_microbatches: int,
+    seq_length: int,
+    micro_batch_size: int,
+    forward_only: bool,
+) -> list[dict]:
     """One global batch through megatron's schedule (no pipelining, 1F1B, ... per parallel_state)."""
     return get_forward_backward_func()(
         forward_step_func=forward_step,
@@ -67,14 +73,22 @@ def reduce_lm_loss(losses_reduced: list[dict]) -> torch.Tensor:
     return total
 
 
-def train_step(stream, model: list[torch.nn.Module], optimizer, scheduler, num_microbatches: int,
-               seq_length: int, micro_batch_size: int,
-               after_backward: Callable[[], None] | None = None) -> StepResult:
+def train_step(
+    stream,
+    model: list[torch.nn.Module],
+    optimizer,
+    scheduler,
+    num_microbatches: int,
+    seq_length: int,
+    micro_batch_size: int,
+    after_backward: Callable[[], None] | None = None,
+) -> StepResult:
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    losses_reduced = _run_schedule(stream, model, num_microbatches, seq_length, micro_batch_size,
-                                   forward_only=False)
+    losses_reduced = _run_schedule(
+        stream, model, num_microbatches, seq_length, micro_batch_size, forward_only=False
+    )
     if after_backward is not None:
         after_backward()
     update_ok, grad_norm, _ = optimizer.step()
@@ -92,16 +106,25 @@ def train_step(stream, model: list[torch.nn.Module], optimizer, scheduler, num_m
 
 
 @torch.no_grad()
-def evaluate(stream, model: list[torch.nn.Module], eval_iters: int, num_microbatches: int,
-             seq_length: int, micro_batch_size: int) -> float | None:
+def evaluate(
+    stream,
+    model: list[torch.nn.Module],
+    eval_iters: int,
+    num_microbatches: int,
+    seq_length: int,
+    micro_batch_size: int,
+) -> float | None:
     """Mean token loss over eval_iters global batches (None off the last pipeline stage)."""
     for chunk in model:
         chunk.eval()
     total = torch.zeros(2, device=device())
     try:
         for _ in range(eval_iters):
-            total += reduce_lm_loss(_run_schedule(stream, model, num_microbatches, seq_length,
-                                                  micro_batch_size, forward_only=True))
+            total += reduce_lm_loss(
+                _run_schedule(
+                    stream, model, num_microbatches, seq_length, micro_batch_size, forward_only=True
+                )
+            )
     finally:
         for chunk in model:
             chunk.train()
