@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megatron_cod.config.errors import ConfigError
-from megatron_cod.config.fields import option, validate_fields
+from megatron_cod.config.fields import POSITIVE, option, validate_fields
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,20 @@ class LoggingConfig:
     wandb_project: str | None = option(None, help="W&B project (None: no W&B logging)")
     wandb_mode: str = option("offline", help="W&B mode", choices=("online", "offline", "disabled"))
     journal: bool = option(True, help="write <run_dir>/metrics.jsonl")
+    tracker_queue_size: int = option(
+        10000, help="tracker calls buffered for the background worker before the oldest are dropped "
+        "(the journal keeps everything; cod-sync replays it)", bound=POSITIVE
+    )
+    tracker_timeout: float = option(
+        10.0, help="seconds an MLflow/W&B request may take before the tracker is treated as lost", bound=POSITIVE
+    )
+    tracker_drain_timeout: float = option(
+        30.0, help="seconds the end of training waits for buffered tracker calls", bound=POSITIVE
+    )
+    peak_tflops: float | None = option(
+        None, help="peak dense TFLOP/s of one device for MFU (None: from the GPU table; no MFU on CPU)",
+        bound=POSITIVE,
+    )
     run_tags: list[str] = option(
         help="extra MLflow/W&B run tags as KEY=VALUE (cod-sweep sets its member and seed this way)",
         default_factory=list,
