@@ -1,43 +1,95 @@
-"""Local JSONL metrics journal: one line per log_metrics call, readable without any tracking server."""
+"""The run directory's own record of a tracked run, complete whatever happens to MLflow or W&B.
+
+- ``metrics.jsonl``: one line per log_metrics call, ``{"step", "time", "metrics"}``, appended and flushed;
+- ``tracking.json``: the run's name and experiment, params, tags, artifacts and the MLflow run it
+  was sent to (rewritten atomically when one of them changes, which is rare);
+- ``status.json``: RUNNING until the run ends, then FINISHED / FAILED (with the reason) / KILLED.
+
+``cod-sync`` replays these into MLflow.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from megatron_cod.data.atomic import write_text_atomic
 from megatron_cod.tracking.sink import RunStatus
 
 JOURNAL_NAME = "metrics.jsonl"
 STATUS_NAME = "status.json"
+RECORD_NAME = "tracking.json"
 
 
-def write_status(run_dir: Path, status: str) -> None:
+def write_status(run_dir: Path, status: str, reason: str | None = None) -> None:
     """<run_dir>/status.json: how the run stands (RUNNING until it ends), for readers without a tracker."""
-    write_text_atomic(Path(run_dir) / STATUS_NAME, json.dumps({"status": status, "time": time.time()}))
+    record: dict[str, Any] = {"status": status, "time": time.time()}
+    if reason:
+        record["reason"] = reason
+    write_text_atomic(Path(run_dir) / STATUS_NAME, json.dumps(record))
+
+
+def read_status_record(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / STATUS_NAME
+    if not path.is_file():
+        return {"status": "UNKNOWN"}
+    return dict(json.loads(path.read_text()))
 
 
 def read_status(run_dir: Path) -> str:
     """The status a run directory recorded; UNKNOWN where it recorded none (older runs)."""
-    path = Path(run_dir) / STATUS_NAME
+    return str(read_status_record(run_dir).get("status", "UNKNOWN"))
+
+
+def read_record(run_dir: Path) -> dict[str, Any]:
+    """tracking.json of a run directory (empty sections where it has none)."""
+    path = Path(run_dir) / RECORD_NAME
+    record: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    for key, empty in (("params", {}), ("tags", {}), ("artifacts", []), ("mlflow_runs", {})):
+        record.setdefault(key, empty)
+    return record
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> None:
+    write_text_atomic(Path(run_dir) / RECORD_NAME, json.dumps(record, indent=1, sort_keys=True))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The journal's metric lines; a torn last line (a crash mid-write) is ignored."""
+    path = Path(run_dir) / JOURNAL_NAME
     if not path.is_file():
-        return "UNKNOWN"
-    return str(json.loads(path.read_text()).get("status", "UNKNOWN"))
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+    return out
 
 
 class JsonlJournal:
-    """Appends {"step": N, "time": unix_seconds, "metrics": {...}} lines to <run_dir>/metrics.jsonl.
-
-    Appending (not truncating) keeps the history of a run resumed from a checkpoint in one file;
-    each line is flushed at once so a crash loses at most the line being written.
-    """
+    """Writes the three files above; every call completes before it returns."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / JOURNAL_NAME
         self._file = self.path.open("a", encoding="utf-8")
+        self._record = read_record(self.run_dir)
         write_status(self.run_dir, "RUNNING")
+
+    def describe_run(self, experiment: str, run_name: str, tracking_uri: str | None) -> None:
+        self._record.update(experiment=experiment, run_name=run_name, tracking_uri=tracking_uri)
+        write_record(self.run_dir, self._record)
+
+    def record_mlflow_run(self, tracking_uri: str, experiment_id: str, run_id: str) -> None:
+        """The MLflow run this directory's calls went to, so cod-sync completes it rather than a new one."""
+        self._record["mlflow_runs"][tracking_uri] = {"run_id": run_id, "experiment_id": experiment_id}
+        write_record(self.run_dir, self._record)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         record = {"step": step, "time": time.time(), "metrics": metrics}
@@ -45,14 +97,19 @@ class JsonlJournal:
         self._file.flush()
 
     def log_params(self, params: dict[str, str]) -> None:
-        """The journal holds metrics only; params live in the run directory's config file."""
+        self._record["params"].update(params)
+        write_record(self.run_dir, self._record)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        """The journal holds metrics only."""
+        self._record["tags"].update(tags)
+        write_record(self.run_dir, self._record)
 
     def log_artifact(self, path: Path, artifact_path: str | None) -> None:
-        """Artifacts already lie in the run directory beside the journal."""
+        entry = [str(Path(path).resolve()), artifact_path]
+        if entry not in self._record["artifacts"]:
+            self._record["artifacts"].append(entry)
+            write_record(self.run_dir, self._record)
 
-    def finish(self, status: RunStatus) -> None:
+    def finish(self, status: RunStatus, reason: str | None = None) -> None:
         self._file.close()
-        write_status(self.run_dir, status)
+        write_status(self.run_dir, status, reason)

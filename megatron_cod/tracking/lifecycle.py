@@ -8,7 +8,8 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-from megatron_cod.tracking.tracker import Tracker
+from megatron_cod.tracking.sink import RunStatus
+from megatron_cod.tracking.tracker import NullTracker, Tracker
 
 
 class RunTerminated(BaseException):
@@ -40,9 +41,22 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
+def end_state(exc: BaseException | None) -> tuple[RunStatus, str | None]:
+    """The status a run ends with when ``exc`` stopped it (None: it ran to its end), and why it failed."""
+    if exc is None:
+        return "FINISHED", None
+    if isinstance(exc, (KeyboardInterrupt, RunTerminated)):
+        return "KILLED", None
+    if isinstance(exc, SystemExit) and exc.code in (None, 0):
+        return "FINISHED", None
+    text = str(exc).strip().splitlines()
+    return "FAILED", f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
 @contextlib.contextmanager
-def tracked_run(tracker: Tracker, *, handle_sigterm: bool = True) -> Iterator[Tracker]:
-    """Finish `tracker` as KILLED (Ctrl-C, SIGTERM), FAILED (any other error) or FINISHED; re-raise errors.
+def tracked_run(tracker: Tracker | NullTracker, *, handle_sigterm: bool = True) -> Iterator[Tracker]:
+    """Finish `tracker` as KILLED (Ctrl-C, SIGTERM), FAILED (any other error, with the reason) or
+    FINISHED; re-raise errors.
 
     handle_sigterm=False leaves SIGTERM to another handler (e.g. megatron's exit-signal handler, which
     saves a checkpoint first); call tracker.finish("KILLED") yourself in that case.
@@ -51,13 +65,7 @@ def tracked_run(tracker: Tracker, *, handle_sigterm: bool = True) -> Iterator[Tr
     with guard:
         try:
             yield tracker
-        except (KeyboardInterrupt, RunTerminated):
-            tracker.finish("KILLED")
-            raise
-        except SystemExit as exc:
-            tracker.finish("FINISHED" if exc.code in (None, 0) else "FAILED")
-            raise
-        except BaseException:
-            tracker.finish("FAILED")
+        except BaseException as exc:
+            tracker.finish(*end_state(exc))
             raise
     tracker.finish("FINISHED")

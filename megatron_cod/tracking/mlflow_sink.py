@@ -26,6 +26,17 @@ def resolve_tracking_uri(cfg: LoggingConfig) -> str:
     return f"sqlite:///{Path.cwd().resolve() / DEFAULT_DB}"
 
 
+# MLflow's REST client retries a failing request 7 times with exponential backoff (minutes in all);
+# a tracker that must never hold training up wants a short, bounded wait instead.
+HTTP_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def bound_http_retries(timeout_s: float) -> None:
+    """Short HTTP timeouts and retries for MLflow's REST client, unless the user set them."""
+    for key, value in {**HTTP_RETRY_ENV, "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(timeout_s)))}.items():
+        os.environ.setdefault(key, value)
+
+
 def sqlite_db_path(uri: str) -> Path | None:
     """The database file of a sqlite:/// URI (relative paths against the cwd), else None."""
     prefix = "sqlite:///"
@@ -62,22 +73,39 @@ class MlflowSink:
     def start(
         cls, cfg: LoggingConfig, run_name: str, params: dict[str, str], tags: dict[str, str]
     ) -> MlflowSink:
-        from mlflow import MlflowClient
-
-        uri = resolve_tracking_uri(cfg)
-        client = MlflowClient(tracking_uri=uri)
-        experiment_id = _ensure_experiment(client, cfg.mlflow_experiment, uri)
-        run = client.create_run(experiment_id, run_name=run_name)
-        sink = cls(client, run.info.run_id, experiment_id, uri)
+        sink = cls.create(resolve_tracking_uri(cfg), cfg.mlflow_experiment, run_name)
         sink.set_tags(tags)
         sink.log_params(params)
         return sink
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    @classmethod
+    def attach(cls, tracking_uri: str, run_id: str) -> MlflowSink:
+        """A sink for an existing run (cod-sync)."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        run = client.get_run(run_id)
+        return cls(client, run_id, run.info.experiment_id, tracking_uri)
+
+    @classmethod
+    def create(cls, tracking_uri: str, experiment: str, run_name: str) -> MlflowSink:
+        """A new, empty run in ``experiment`` (created if missing)."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        experiment_id = _ensure_experiment(client, experiment, tracking_uri)
+        run = client.create_run(experiment_id, run_name=run_name)
+        return cls(client, run.info.run_id, experiment_id, tracking_uri)
+
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp_s: float | None = None) -> None:
         from mlflow.entities import Metric
         from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
-        timestamp = int(time.time() * 1000)
+        timestamp = int((time.time() if timestamp_s is None else timestamp_s) * 1000)
         entries = [Metric(key, value, timestamp, step) for key, value in metrics.items()]
         for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
             self._client.log_batch(self.run_id, metrics=list(chunk))

@@ -1,18 +1,27 @@
-"""The one tracking object a training run uses: fans each call out to MLflow, W&B and the JSONL journal."""
+"""The one tracking object every command uses: the run directory's journal plus MLflow / W&B.
+
+The journal (metrics.jsonl + tracking.json + status.json in the run directory) is written in the
+calling thread and is complete by construction. MLflow and W&B sit behind background workers
+(``worker.BackgroundSink``): a slow, unreachable or dying server never blocks the caller, and what
+did not reach it is replayed later from the journal by ``cod-sync``.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from megatron_cod.config import LoggingConfig
 from megatron_cod.tracking import tags
 from megatron_cod.tracking.journal import JOURNAL_NAME, JsonlJournal
-from megatron_cod.tracking.mlflow_sink import MlflowSink
-from megatron_cod.tracking.sink import RUN_STATUSES, RunStatus, Sink
+from megatron_cod.tracking.mlflow_sink import MlflowSink, bound_http_retries, resolve_tracking_uri
+from megatron_cod.tracking.sink import RUN_STATUSES, RunStatus, TrackingError
 from megatron_cod.tracking.wandb_sink import WandbSink, import_wandb
+from megatron_cod.tracking.worker import BackgroundSink
 
 RUN_DIR_TAG = tags.RUN_DIR
+FAILURE_TAG = "megatron_cod.failure"
 
 
 def _as_text(values: dict[str, object]) -> dict[str, str]:
@@ -20,13 +29,21 @@ def _as_text(values: dict[str, object]) -> dict[str, str]:
 
 
 class Tracker:
-    """Create with Tracker.start on the one rank that logs (the caller picks it)."""
+    """Create with Tracker.start on the one rank that logs; other ranks use NullTracker."""
 
-    def __init__(self, run_dir: Path, sinks: list[Sink], mlflow: MlflowSink | None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        journal: JsonlJournal | None,
+        remotes: list[BackgroundSink],
+        drain_timeout: float,
+    ) -> None:
         self.run_dir = run_dir
-        self._sinks = sinks
-        self._mlflow = mlflow
+        self._journal = journal
+        self._remotes = remotes
+        self._drain_timeout = drain_timeout
         self.status: RunStatus | None = None
+        self.undelivered: dict[str, int] = {}
 
     @classmethod
     def start(
@@ -36,7 +53,12 @@ class Tracker:
         params: dict[str, object],
         tags: dict[str, str] | None = None,
     ) -> Tracker:
-        """Open every sink `cfg` enables; params are typically ExperimentConfig.to_flat_dict()."""
+        """Open the journal and every remote backend `cfg` enables; params are typically the flat config.
+
+        Waits at most cfg.tracker_timeout for MLflow to open its run, so the run id is known at once
+        when the store answers; an unreachable store is a warning, not an error. A configuration error
+        the store reports (a deleted experiment) is raised.
+        """
         run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         run_name = cfg.mlflow_run_name or run_dir.name
@@ -45,21 +67,41 @@ class Tracker:
         use_wandb = cfg.wandb_project is not None and cfg.wandb_mode != "disabled"
         if use_wandb:
             import_wandb()  # fail before any run is created elsewhere
-        sinks: list[Sink] = []
-        mlflow = None
-        try:
-            if cfg.mlflow:
-                mlflow = MlflowSink.start(cfg, run_name, text_params, text_tags)
-                sinks.append(mlflow)
-            if use_wandb:
-                sinks.append(WandbSink.start(cfg, run_dir, run_name, text_params, text_tags))
-            if cfg.journal:
-                sinks.append(JsonlJournal(run_dir))
-        except BaseException:
-            for sink in sinks:
-                sink.finish("FAILED")
-            raise
-        return cls(run_dir, sinks, mlflow)
+        journal = JsonlJournal(run_dir) if cfg.journal else None
+        if journal is not None:
+            journal.describe_run(
+                cfg.mlflow_experiment, run_name, resolve_tracking_uri(cfg) if cfg.mlflow else None
+            )
+            journal.log_params(text_params)
+            journal.set_tags(text_tags)
+        remotes: list[BackgroundSink] = []
+        if cfg.mlflow:
+            bound_http_retries(cfg.tracker_timeout)
+
+            def open_mlflow() -> MlflowSink:
+                return MlflowSink.start(cfg, run_name, text_params, text_tags)
+
+            remotes.append(BackgroundSink("mlflow", open_mlflow, cfg.tracker_queue_size, str(run_dir)))
+        if use_wandb:
+
+            def open_wandb() -> WandbSink:
+                return WandbSink.start(cfg, run_dir, run_name, text_params, text_tags)
+
+            remotes.append(BackgroundSink("wandb", open_wandb, cfg.tracker_queue_size, str(run_dir)))
+        tracker = cls(run_dir, journal, remotes, cfg.tracker_drain_timeout)
+        mlflow = tracker._remote("mlflow")
+        if mlflow is not None:
+            sink = mlflow.wait_open(cfg.tracker_timeout)
+            if isinstance(mlflow.open_error, TrackingError):
+                tracker._remotes.remove(mlflow)
+                tracker.finish("FAILED")
+                raise mlflow.open_error
+            if isinstance(sink, MlflowSink) and journal is not None:
+                journal.record_mlflow_run(sink.tracking_uri, sink.experiment_id, sink.run_id)
+        return tracker
+
+    def _remote(self, name: str) -> BackgroundSink | None:
+        return next((r for r in self._remotes if r.name == name), None)
 
     def _check_open(self) -> None:
         if self.status is not None:
@@ -69,18 +111,26 @@ class Tracker:
         """Log one step's metrics; values may be any float-convertible scalar (ints, 0-d tensors)."""
         self._check_open()
         values = {str(key): float(value) for key, value in metrics.items()}
-        for sink in self._sinks:
-            sink.log_metrics(values, step)
+        if self._journal is not None:
+            self._journal.log_metrics(values, step)
+        for remote in self._remotes:
+            remote.submit("log_metrics", values, step)
 
     def log_params(self, params: dict[str, object]) -> None:
         self._check_open()
-        for sink in self._sinks:
-            sink.log_params(_as_text(params))
+        text = _as_text(params)
+        if self._journal is not None:
+            self._journal.log_params(text)
+        for remote in self._remotes:
+            remote.submit("log_params", text)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._check_open()
-        for sink in self._sinks:
-            sink.set_tags(_as_text(tags))
+        text = _as_text(tags)
+        if self._journal is not None:
+            self._journal.set_tags(text)
+        for remote in self._remotes:
+            remote.submit("set_tags", text)
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """Upload a file or a directory (its contents) under `artifact_path` in the run's artifacts."""
@@ -88,18 +138,48 @@ class Tracker:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"artifact {path} does not exist")
-        for sink in self._sinks:
-            sink.log_artifact(path, artifact_path)
+        if self._journal is not None:
+            self._journal.log_artifact(path, artifact_path)
+        for remote in self._remotes:
+            remote.submit("log_artifact", path, artifact_path)
 
-    def finish(self, status: RunStatus = "FINISHED") -> None:
-        """Close every sink with `status`; later calls do nothing, so explicit and automatic ends can mix."""
+    def finish(self, status: RunStatus = "FINISHED", reason: str | None = None) -> None:
+        """End the run with `status` (and a FAILED run's reason); later calls do nothing.
+
+        Waits at most the drain timeout for the remote backends, then says what they still lack.
+        """
         if status not in RUN_STATUSES:
             raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
         if self.status is not None:
             return
+        if reason:
+            self.set_tags({FAILURE_TAG: reason})
         self.status = status
-        for sink in self._sinks:
-            sink.finish(status)
+        if self._journal is not None:
+            self._journal.finish(status, reason)
+        for remote in self._remotes:
+            missing = remote.close(status, self._drain_timeout)
+            if missing or remote.error is not None:
+                self.undelivered[remote.name] = missing
+        if self.undelivered:
+            lacking = ", ".join(f"{name} ({n} calls)" for name, n in self.undelivered.items())
+            hint = (
+                f"replay the journal with `cod-sync {self.run_dir}`"
+                if self._journal is not None
+                else "the journal was off (--no-journal), so they cannot be replayed"
+            )
+            print(f"[megatron_cod] tracking incomplete in {lacking}: {hint}", file=sys.stderr, flush=True)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every remote backend has processed what was queued so far (tests, checkpoints)."""
+        for remote in self._remotes:
+            remote.flush(timeout)
+
+    @property
+    def _mlflow(self) -> MlflowSink | None:
+        remote = self._remote("mlflow")
+        sink = remote.sink if remote is not None else None
+        return sink if isinstance(sink, MlflowSink) else None
 
     @property
     def run_id(self) -> str | None:
@@ -118,3 +198,34 @@ class Tracker:
         if self._mlflow is not None:
             return self._mlflow.ui_hint()
         return f"metrics journal: {self.run_dir / JOURNAL_NAME}"
+
+
+class NullTracker:
+    """What ranks that do not log get: the Tracker interface, doing nothing."""
+
+    run_dir: Path | None = None
+    run_id: str | None = None
+    experiment_id: str | None = None
+    tracking_uri: str | None = None
+    status: RunStatus | None = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_params(self, params: dict[str, object]) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        pass
+
+    def finish(self, status: RunStatus = "FINISHED", reason: str | None = None) -> None:
+        self.status = status
+
+    def flush(self, timeout: float = 30.0) -> None:
+        pass
+
+    def ui_hint(self) -> str:
+        return ""

@@ -1,4 +1,4 @@
-"""SIGTERM (--exit-signal-handler, on by default): finish the iteration, save, mark the run KILLED."""
+"""SIGTERM (--exit-signal-handler, on by default): finish the iteration, save, exit 0, mark the run KILLED."""
 
 import os
 import signal
@@ -26,7 +26,7 @@ def test_sigterm_saves_a_checkpoint_and_marks_the_run_killed(tmp_path, builtin_d
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-2000:]
+    assert proc.returncode == 0, err[-2000:]  # a preempted job that saved exits cleanly, like megatron
     assert "exiting after iteration" in out and "SIGTERM" in out
     saved = latest_iteration(ckpt)
     logged = len(journal.read_text().splitlines())

@@ -1,0 +1,51 @@
+"""The Trainer's callbacks and their order.
+
+Order matters twice: callbacks that run collectives (marked *) must meet their peers at the same
+point on every rank, and callbacks that read what others decided come after them.
+
+1. TelemetryCallback*    depth statistics (hooks; all-reduce at end_step) -> step.metrics
+2. ThroughputCallback    tokens/s, samples/s, TFLOP/s per device, MFU -> step.metrics
+3. ScheduleCallback      asks for evaluation / save / stop per the intervals
+4. ExitSignalCallback*   SIGTERM on any rank -> save and stop (one all-reduce per step)
+5. ConsoleCallback       progress lines (silent off the logging rank)
+6. DepthPlotsCallback    refreshes the depth plots when evaluating or stopping
+7. TrackingCallback      logs step.metrics as one batch, evaluation results, checkpoint tags
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from megatron_cod.training.callbacks.base import Callback, Control, StepEnd
+from megatron_cod.training.callbacks.console import ConsoleCallback
+from megatron_cod.training.callbacks.exit_signal import SIGTERM_STOP, ExitSignalCallback
+from megatron_cod.training.callbacks.plots import DepthPlotsCallback
+from megatron_cod.training.callbacks.schedule import ScheduleCallback
+from megatron_cod.training.callbacks.telemetry import TelemetryCallback
+from megatron_cod.training.callbacks.tracking import TrackingCallback
+from megatron_cod.training.console import ConsoleLog
+
+
+def default_callbacks(cfg: Any, model: list[Any], tracker: Any, console: ConsoleLog) -> list[Callback]:
+    """The callbacks of a cod-train run, in the order documented above."""
+    callbacks: list[Callback] = [TelemetryCallback(model, cfg.telemetry)]
+    callbacks.append(ScheduleCallback(cfg))
+    if cfg.train.exit_signal_handler:
+        callbacks.append(ExitSignalCallback())
+    callbacks += [ConsoleCallback(cfg, console), DepthPlotsCallback(cfg, tracker), TrackingCallback(tracker)]
+    return callbacks
+
+
+__all__ = [
+    "SIGTERM_STOP",
+    "Callback",
+    "ConsoleCallback",
+    "Control",
+    "DepthPlotsCallback",
+    "ExitSignalCallback",
+    "ScheduleCallback",
+    "StepEnd",
+    "TelemetryCallback",
+    "TrackingCallback",
+    "default_callbacks",
+]
