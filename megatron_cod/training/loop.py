@@ -48,7 +48,8 @@ def pretrain(cfg: Any, config_yaml: str | None = None, callbacks: list[Any] | No
     """Train per cfg on this process's share of the world (torchrun or a single process).
 
     The last rank logs (it holds the loss on the last pipeline stage); the others get a no-op
-    tracker and a silent console. ``callbacks`` are added after the default ones.
+    tracker and a silent console. ``callbacks`` join the default ones
+    before the console and tracking (see ``callbacks/__init__.py``).
     """
     p = cfg.parallel
     ctx = platform.initialize(
@@ -74,9 +75,7 @@ def pretrain(cfg: Any, config_yaml: str | None = None, callbacks: list[Any] | No
             # rank 0 writes checkpoint metadata; the run id lives on the logging rank
             trainer.mlflow_run_id = _broadcast_from_rank(tracker.run_id, ctx.world_size - 1)
             console = ConsoleLog(cfg.train.train_iters, trainer.iteration, enabled=logging_rank)
-            outcome = trainer.fit(
-                [*default_callbacks(cfg, trainer.model, tracker, console), *(callbacks or [])]
-            )
+            outcome = trainer.fit(default_callbacks(cfg, trainer.model, tracker, console, callbacks or ()))
             if outcome.stopped_by == SIGTERM_STOP:
                 tracker.finish("KILLED")
         outcome.run_dir = tracker.run_dir

@@ -7,6 +7,8 @@ point on every rank, and callbacks that read what others decided come after them
 2. ThroughputCallback    tokens/s, samples/s, TFLOP/s per device, MFU -> step.metrics
 3. ScheduleCallback      asks for evaluation / save / stop per the intervals
 4. ExitSignalCallback*   SIGTERM on any rank -> save and stop (one all-reduce per step)
+   (callbacks passed to ``pretrain(callbacks=...)`` go here: they see the step's metrics and the
+   schedule's decisions, and what they add to step.metrics is logged and printed)
 5. ConsoleCallback       progress lines (silent off the logging rank)
 6. DepthPlotsCallback    refreshes the depth plots when evaluating or stopping
 7. TrackingCallback      logs step.metrics as one batch, evaluation results, checkpoint tags
@@ -14,6 +16,7 @@ point on every rank, and callbacks that read what others decided come after them
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from megatron_cod.training.callbacks.base import Callback, Control, StepEnd
@@ -26,12 +29,15 @@ from megatron_cod.training.callbacks.tracking import TrackingCallback
 from megatron_cod.training.console import ConsoleLog
 
 
-def default_callbacks(cfg: Any, model: list[Any], tracker: Any, console: ConsoleLog) -> list[Callback]:
-    """The callbacks of a cod-train run, in the order documented above."""
+def default_callbacks(
+    cfg: Any, model: list[Any], tracker: Any, console: ConsoleLog, extra: Sequence[Callback] = ()
+) -> list[Callback]:
+    """The callbacks of a cod-train run, in the order documented above, with ``extra`` in its place."""
     callbacks: list[Callback] = [TelemetryCallback(model, cfg.telemetry)]
     callbacks.append(ScheduleCallback(cfg))
     if cfg.train.exit_signal_handler:
         callbacks.append(ExitSignalCallback())
+    callbacks += list(extra)
     callbacks += [ConsoleCallback(cfg, console), DepthPlotsCallback(cfg, tracker), TrackingCallback(tracker)]
     return callbacks
 
