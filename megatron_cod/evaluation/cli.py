@@ -84,7 +84,7 @@ def _source_of_hf_dir(hf_dir: Path) -> tuple[str | None, str | None]:
     if not provenance_file.is_file():
         return None, "shakespeare"
     provenance = json.loads(provenance_file.read_text())
-    builtin = "shakespeare"
+    builtin: str | None = "shakespeare"
     source = Path(provenance.get("source_checkpoint", ""))
     if (source / "config.yaml").is_file():
         builtin = _training_data(read_checkpoint_config(source)[1])

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from megatron_cod.config import ExperimentConfig
+from megatron_cod.launch.slurm import SlurmJob, render_sbatch
 from megatron_cod.sweep.spec import MemberRun
 from megatron_cod.tracking import tags
 
@@ -62,6 +62,7 @@ def run_streamed(cmd: list[str], env: dict[str, str], prefix: str, log_path: Pat
         proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )
+        assert proc.stdout is not None  # stdout=PIPE
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -76,34 +77,21 @@ def run_streamed(cmd: list[str], env: dict[str, str], prefix: str, log_path: Pat
 
 
 def write_slurm(run: MemberRun, sweep: str, config_path: Path, nproc: int, resume: bool, uri: str) -> Path:
+    """The run's sbatch script, from the same template as examples/slurm (one node, ``nproc`` GPUs)."""
     directory = config_path.parent
-    script = directory / "job.sbatch"
-    launch = [
-        shutil.which("torchrun") or "torchrun",
-        "--standalone",
-        "--nproc-per-node",
-        str(nproc),
-        "-m",
-        "megatron_cod.training",
-        "--config",
-        str(config_path),
-    ]
+    training_args = ["--config", str(config_path)]
     if resume:
-        launch += ["--load", str(directory / "checkpoints")]
-    script.write_text(
-        "\n".join(
-            [
-                "#!/bin/bash",
-                f"#SBATCH --job-name={sweep}-{run.member.id}-s{run.seed}",
-                "#SBATCH --nodes=1",
-                "#SBATCH --ntasks-per-node=1",
-                f"#SBATCH --gpus-per-node={nproc}",
-                f"#SBATCH --output={directory}/slurm-%j.out",
-                "set -euo pipefail",
-                f"export MLFLOW_TRACKING_URI={shlex.quote(uri)}",
-                f"srun {shlex.join(launch)}",
-                "",
-            ]
-        )
+        training_args += ["--load", str(directory / "checkpoints")]
+    job = SlurmJob(
+        job_name=f"{sweep}-{run.member.id}-s{run.seed}",
+        nodes=1,
+        gpus_per_node=nproc,
+        training_args=tuple(training_args),
+        output=f"{directory}/slurm-%j.out",
+        host_python=sys.executable,
+        env={"MLFLOW_TRACKING_URI": uri},
+        description=f"cod-sweep {sweep}: member {run.member.id}, seed {run.seed}",
     )
+    script = directory / "job.sbatch"
+    script.write_text(render_sbatch(job))
     return script

@@ -1,0 +1,1 @@
+"""Launching training on clusters: the sbatch template (``megatron_cod.launch.slurm``)."""
