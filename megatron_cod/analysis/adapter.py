@@ -64,6 +64,11 @@ class LayerStack(ABC):
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
         """Normalised hidden states -> logits [b, s, V] in fp32."""
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live; token ids, states and accumulators go there too."""
+        return torch.device("cpu")
+
     def describe(self) -> dict[str, Any]:
         """Facts about the model for the report (family, sizes, source)."""
         return {"num_layers": self.num_layers, "hidden_size": self.hidden_size, "vocab_size": self.vocab_size}

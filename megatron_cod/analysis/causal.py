@@ -5,20 +5,30 @@ is layer l's update in the unperturbed model and f~_l the same layer's update wh
 skipped (its output is its input). Aligned definition: the paper's dense runs compared layer l+1's
 skipped-run update with layer l's baseline update (paper_code_spec.md section 2.3). Entries with
 l <= s are 0. Also per skipped layer: KL(p_base || p_skip) of the output distribution, top-1
-agreement and loss ratio. Each skipped forward starts at layer s from its cached input.
+agreement and loss ratio. Each skipped forward starts at layer s from its cached input. Every
+score has a standard error over sequences (stats.jackknife of the per-sequence sums).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from megatron_cod.analysis.adapter import skip_layers
-from megatron_cod.analysis.evalset import EvalSet
+from megatron_cod.analysis.adapter import LayerStack, skip_layers
+from megatron_cod.analysis.evalset import Batch, EvalSet
 from megatron_cod.analysis.lm_loss import log_probs, row_loss_sums, token_kl, top1_agreement
 from megatron_cod.analysis.progress import NO_PROGRESS, ProgressReporter
+from megatron_cod.analysis.sampling import Accumulator, SamplingConfig, feed
+from megatron_cod.analysis.stats import (
+    Scored,
+    SequenceSums,
+    jackknife,
+    mean_per_token,
+    ratio_of_sums,
+    unresolved_pairs,
+)
 from megatron_cod.telemetry.metrics import per_token_norm
 
 _DENOMINATOR_FLOOR = 1e-8  # the paper's guard: C = 0 where the mean update norm is this small
@@ -41,6 +51,9 @@ class SkipEffect:
     loss: float
     loss_ratio: float
     mean_effect: float  # mean of C[s, l] over l > s (NaN for the last layer)
+    kl_stderr: float = 0.0
+    top1_stderr: float = 0.0
+    loss_ratio_stderr: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,9 @@ class CausalResult:
     baseline_loss: float
     matrix: np.ndarray  # [L, L], C[s, l]
     skips: list[SkipEffect]
+    matrix_stderr: np.ndarray | None = None  # [L, L]
+    num_sequences: int = 0
+    unresolved: list[tuple[int, int]] = field(default_factory=list)  # skip-KL order not resolved
 
     @property
     def score(self) -> float:
@@ -63,66 +79,109 @@ class CausalResult:
         }
 
 
-def causal_scores(
-    evalset: EvalSet, config: CausalConfig, progress: ProgressReporter = NO_PROGRESS
-) -> CausalResult:
-    stack = evalset.stack
-    num_layers = stack.num_layers
-    stop = evalset.limit(config.max_sequences)
-    numerator = np.zeros((num_layers, num_layers))
-    denominator = np.zeros(num_layers)
-    kl_sum = np.zeros(num_layers)
-    agree_sum = np.zeros(num_layers)
-    loss_sum = np.zeros(num_layers)
-    tokens = 0
-    loss_tokens = 0
-    with torch.no_grad(), progress.task("causal", evalset.num_batches(0, stop) * num_layers) as advance:
-        for batch in evalset.batches(0, stop):
-            states = batch.states
-            tokens += batch.num_tokens
-            loss_tokens += batch.loss_count
+def _matrix(totals: np.ndarray, num_layers: int) -> np.ndarray:
+    """C from totals [m, L*L numerators | L denominators | 1 token count] (leading batch axis m)."""
+    m = totals.shape[0]
+    numerator = totals[:, : num_layers * num_layers].reshape(m, num_layers, num_layers)
+    denominator = totals[:, num_layers * num_layers : -1]
+    tokens = totals[:, -1:]
+    valid = (denominator / tokens > _DENOMINATOR_FLOOR)[:, None, :]
+    matrix = np.where(valid, numerator / np.maximum(denominator, 1e-300)[:, None, :], 0.0)
+    return np.triu(matrix, k=1)
+
+
+class CausalAccumulator(Accumulator):
+    """Per sequence: the update-difference and update norms, and each skip's KL, agreement, loss."""
+
+    name = "causal"
+
+    def __init__(self, stack: LayerStack, cap: int) -> None:
+        super().__init__(0, cap)
+        self.stack = stack
+        self.effects = SequenceSums()  # [n, L*L + L + 1]: numerators C[s, l], denominators, tokens
+        self.outputs = SequenceSums()  # [n, 3, L]: kl, agreement, loss of each skip
+        self.base = SequenceSums()  # [n, 2]: baseline loss sum, predicted tokens
+
+    def add(self, batch: Batch) -> None:
+        stack, states = self.stack, batch.states
+        num_layers = stack.num_layers
+        rows = batch.input_ids.shape[0]
+        numerator = torch.zeros(rows, num_layers, num_layers, dtype=torch.float64, device=stack.device)
+        outputs = torch.zeros(rows, 3, num_layers, dtype=torch.float64, device=stack.device)
+        with torch.no_grad():
             base_updates = [states[l + 1] - states[l] for l in range(num_layers)]
-            for l in range(num_layers):
-                denominator[l] += float(per_token_norm(base_updates[l]).sum())
+            denominator = torch.stack([per_token_norm(f).sum(dim=1) for f in base_updates], dim=1)
             base = log_probs(stack.head(states[-1]))
             for s in range(num_layers):
 
-                def compare(
-                    position: int,
-                    h_in: torch.Tensor,
-                    h_out: torch.Tensor,
-                    s: int = s,
-                    base_updates: list = base_updates,
-                ) -> None:
+                def compare(position: int, h_in: torch.Tensor, h_out: torch.Tensor, s: int = s) -> None:
                     if position > s:
-                        numerator[s, position] += float(
-                            per_token_norm(h_out - h_in - base_updates[position]).sum()
-                        )
+                        diff = h_out - h_in - base_updates[position]
+                        numerator[:, s, position] = per_token_norm(diff).sum(dim=1)
 
                 h = stack.run(states[s], batch.ctx, start=s, overrides=skip_layers(s), hook=compare)
                 skipped = log_probs(stack.head(h))
-                kl_sum[s] += float(token_kl(base, skipped).sum())
-                agree_sum[s] += float(top1_agreement(base, skipped).sum())
-                loss_sum[s] += float(row_loss_sums(skipped, batch.input_ids).sum())
-                advance()
-    mean_den = denominator / tokens
-    matrix = np.where(
-        mean_den[None, :] > _DENOMINATOR_FLOOR, numerator / np.maximum(denominator, 1e-300)[None, :], 0.0
-    )
-    matrix = np.triu(matrix, k=1)
-    baseline = evalset.baseline_loss(0, stop)
-    skips = []
-    for s in range(num_layers):
-        later = matrix[s, s + 1 :]
-        loss = float(loss_sum[s] / loss_tokens)
-        skips.append(
-            SkipEffect(
-                layer=s,
-                kl=float(kl_sum[s] / tokens),
-                top1_agreement=float(agree_sum[s] / tokens),
-                loss=loss,
-                loss_ratio=loss / baseline,
-                mean_effect=float(later.mean()) if later.size else float("nan"),
+                outputs[:, 0, s] = token_kl(base, skipped).sum(dim=1)
+                outputs[:, 1, s] = top1_agreement(base, skipped).sum(dim=1)
+                outputs[:, 2, s] = row_loss_sums(skipped, batch.input_ids)
+        tokens = torch.full((rows, 1), batch.input_ids.shape[1], dtype=torch.float64, device=stack.device)
+        self.effects.add(torch.cat([numerator.reshape(rows, -1), denominator.double(), tokens], dim=1))
+        self.outputs.add(outputs)
+        self.base.add(torch.stack([batch.row_loss_sums.double(), tokens[:, 0] - 1], dim=1))
+        # a skip at s re-runs layers s+1..L-1 (the skipped position itself costs nothing)
+        self.count(batch, layer=num_layers * (num_layers - 1) // 2, head=num_layers)
+
+    def _scores(self) -> tuple[Scored, Scored, Scored]:
+        num_layers = self.stack.num_layers
+        matrix = jackknife(lambda t: _matrix(t, num_layers), self.effects.array())
+        outputs, base = self.outputs.array(), self.base.array()
+        seq_len = self.effects.array()[:, -1]
+        per_token = mean_per_token(outputs[:, :2], seq_len)
+        ratio = ratio_of_sums(outputs[:, 2], base[:, :1])
+        return matrix, per_token, ratio
+
+    def max_stderr(self) -> float:
+        matrix, per_token, ratio = self._scores()
+        upper = matrix.stderr[np.triu_indices(self.stack.num_layers, k=1)]
+        return float(max(upper.max(initial=0.0), per_token.stderr[0].max(), ratio.stderr.max()))
+
+    def result(self) -> CausalResult:
+        matrix, per_token, ratio = self._scores()
+        outputs, base = self.outputs.array(), self.base.array()
+        baseline = float(base[:, 0].sum() / base[:, 1].sum())
+        skips = []
+        for s in range(self.stack.num_layers):
+            later = matrix.value[s, s + 1 :]
+            skips.append(
+                SkipEffect(
+                    layer=s,
+                    kl=float(per_token.value[0, s]),
+                    top1_agreement=float(per_token.value[1, s]),
+                    loss=float(outputs[:, 2, s].sum() / base[:, 1].sum()),
+                    loss_ratio=float(ratio.value[s]),
+                    mean_effect=float(later.mean()) if later.size else float("nan"),
+                    kl_stderr=float(per_token.stderr[0, s]),
+                    top1_stderr=float(per_token.stderr[1, s]),
+                    loss_ratio_stderr=float(ratio.stderr[s]),
+                )
             )
+        kl = Scored(per_token.value[0], per_token.stderr[0], per_token.replicates[:, 0])
+        return CausalResult(
+            baseline_loss=baseline,
+            matrix=matrix.value,
+            skips=skips,
+            matrix_stderr=np.triu(matrix.stderr, k=1),
+            num_sequences=self.sequences,
+            unresolved=unresolved_pairs(kl),
         )
-    return CausalResult(baseline_loss=baseline, matrix=matrix, skips=skips)
+
+
+def causal_scores(
+    evalset: EvalSet,
+    config: CausalConfig,
+    progress: ProgressReporter = NO_PROGRESS,
+    sampling: SamplingConfig | None = None,
+) -> CausalResult:
+    acc = CausalAccumulator(evalset.stack, evalset.limit(config.max_sequences))
+    feed(evalset, [acc], sampling, progress, "causal")
+    return acc.result()

@@ -28,6 +28,7 @@ from megatron_cod.analysis.permutation import PermutationConfig, parse_pairs
 from megatron_cod.analysis.progress import NO_PROGRESS, RichProgress
 from megatron_cod.analysis.report import check_output_dir, package_versions, write_report
 from megatron_cod.analysis.residual import ResidualConfig
+from megatron_cod.analysis.sampling import SamplingConfig
 from megatron_cod.analysis.similarity import SimilarityConfig
 from megatron_cod.analysis.suite import METRICS, SuiteConfig, SuiteResults, run_suite
 from megatron_cod.analysis.tables import jsonable
@@ -43,6 +44,24 @@ _HELP = {
     "variance": "residual variance and norm profile across depth",
     "all": "every metric above, sharing one baseline forward",
 }
+
+
+# The paper's sample sizes (paper_code_spec.md section 2): 100 x 512 tokens for usefulness and the
+# layer scores, 50 x 512 for the Jacobian.
+PAPER_LAYER_SAMPLES = 100
+PAPER_JACOBIAN_SAMPLES = 50
+FAST_LAYER_SAMPLES = 8
+FAST_JACOBIAN_SAMPLES = 2
+# Scores are loss ratios, relative losses, similarities and KLs of order 0.01-1: 0.01 resolves
+# differences of 0.02 and more (2 standard errors).
+DEFAULT_TARGET_SE = 0.01
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -62,7 +81,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--tokenizer", help="tokenizer.json (or a directory holding one) for --text-file")
     data.add_argument("--split", help="train,valid,test document weights (default 949,50,1)")
     data.add_argument("--split-part", choices=SPLIT_PARTS, help="which part to evaluate on (default valid)")
-    data.add_argument("--num-samples", type=_positive_int, default=64, help="sequences drawn (default 64)")
+    data.add_argument(
+        "--num-samples",
+        type=_positive_int,
+        help="sequences drawn (default: the largest per-metric maximum, i.e. 100); the usefulness "
+        "fit uses all of them",
+    )
     data.add_argument(
         "--seq-length",
         type=_positive_int,
@@ -70,12 +94,46 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument("--batch-size", type=_positive_int, default=8)
     data.add_argument("--seed", type=int, default=0, help="seeds sampling and the random probes")
-    data.add_argument(
+    sampling = parser.add_argument_group(
+        "sampling (every score gets a standard error over sequences; metrics stop once resolved)"
+    )
+    sampling.add_argument(
+        "--target-se",
+        type=_positive_float,
+        default=DEFAULT_TARGET_SE,
+        help="stop a metric once every score it is judged by has a standard error <= this, in the "
+        f"score's units (default {DEFAULT_TARGET_SE})",
+    )
+    sampling.add_argument(
+        "--max-samples",
+        type=_positive_int,
+        help="most sequences any metric uses (default: the paper's sizes, --loss-samples and "
+        "--jacobian-samples)",
+    )
+    sampling.add_argument(
         "--loss-samples",
         type=_positive_int,
-        default=4,
-        help="sequences (the first of the draw) for the metrics that evaluate the output distribution: "
-        "usefulness loss, causal, permutation, pruning curves, logit lens (default 4)",
+        default=PAPER_LAYER_SAMPLES,
+        help="most sequences for the layer scores: usefulness, causal, permutation, similarity and "
+        f"pruning, logit lens, variance (default {PAPER_LAYER_SAMPLES}, the paper's)",
+    )
+    sampling.add_argument(
+        "--jacobian-samples",
+        type=_positive_int,
+        default=PAPER_JACOBIAN_SAMPLES,
+        help=f"most sequences for the Jacobian (default {PAPER_JACOBIAN_SAMPLES}, the paper's)",
+    )
+    sampling.add_argument(
+        "--min-samples",
+        type=_positive_int,
+        default=8,
+        help="fewest sequences before a metric may stop (default 8; the Jacobian's is 2)",
+    )
+    sampling.add_argument(
+        "--fast",
+        action="store_true",
+        help=f"a quick capped look: at most {FAST_LAYER_SAMPLES} sequences for the layer scores and "
+        f"{FAST_JACOBIAN_SAMPLES} for the Jacobian, no early stop",
     )
     data.add_argument(
         "--cache-gb", type=float, default=2.0, help="memory for cached layer inputs (default 2)"
@@ -100,7 +158,6 @@ def _jacobian_args(parser: argparse.ArgumentParser) -> None:
         default=",".join(VARIANTS),
         help="comma list of cross (the paper's, cross-token summed) and position (same-position)",
     )
-    group.add_argument("--jacobian-samples", type=_positive_int, default=2, help="sequences used (default 2)")
 
 
 def _usefulness_args(parser: argparse.ArgumentParser) -> None:
@@ -145,16 +202,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def sample_caps(args: argparse.Namespace) -> tuple[int, int]:
+    """(most sequences for the layer scores, for the Jacobian) from the sampling flags."""
+    if args.fast:
+        return FAST_LAYER_SAMPLES, FAST_JACOBIAN_SAMPLES
+    if args.max_samples is not None:
+        return args.max_samples, min(args.max_samples, args.jacobian_samples)
+    return args.loss_samples, args.jacobian_samples
+
+
 def _suite_config(args: argparse.Namespace, num_layers: int) -> SuiteConfig:
     metrics = METRICS if args.command == "all" else (args.command,)
-    loss_cap = args.loss_samples
+    loss_cap, jacobian_cap = sample_caps(args)
     kwargs: dict[str, Any] = {
         "metrics": metrics,
         "causal": CausalConfig(max_sequences=loss_cap),
         "logit_lens": LogitLensConfig(max_sequences=loss_cap),
-        "variance": ResidualConfig(),
+        "variance": ResidualConfig(max_sequences=loss_cap),
+        "similarity": SimilarityConfig(max_sequences=loss_cap, prune_max_sequences=loss_cap),
     }
     try:
+        kwargs["sampling"] = SamplingConfig(
+            target_se=None if args.fast else args.target_se, min_samples=max(2, args.min_samples)
+        )
         if hasattr(args, "jacobian_mode"):
             variants = tuple(v.strip() for v in args.jacobian_variants.split(",") if v.strip())
             kwargs["jacobian"] = JacobianConfig(
@@ -162,7 +232,7 @@ def _suite_config(args: argparse.Namespace, num_layers: int) -> SuiteConfig:
                 variants=variants,
                 num_probes=args.num_probes,
                 seed=args.seed,
-                max_sequences=args.jacobian_samples,
+                max_sequences=jacobian_cap,
             )
         if hasattr(args, "usefulness_threshold"):
             kwargs["usefulness"] = UsefulnessConfig(
@@ -174,7 +244,9 @@ def _suite_config(args: argparse.Namespace, num_layers: int) -> SuiteConfig:
             pairs = tuple(parse_pairs(args.pairs, num_layers))
             kwargs["permutation"] = PermutationConfig(pairs=pairs, max_sequences=loss_cap)
         if hasattr(args, "no_pruning"):
-            kwargs["similarity"] = SimilarityConfig(pruning=not args.no_pruning, prune_max_sequences=loss_cap)
+            kwargs["similarity"] = SimilarityConfig(
+                pruning=not args.no_pruning, max_sequences=loss_cap, prune_max_sequences=loss_cap
+            )
     except ValueError as exc:
         raise AnalysisError(str(exc)) from exc
     return SuiteConfig(**kwargs)
@@ -197,7 +269,8 @@ def _data_config(args: argparse.Namespace, defaults: dict[str, Any]) -> DataConf
         given = {**known, **{k: v for k, v in given.items() if v is not None}}
     fields = {k: v for k, v in given.items() if v is not None}
     seq_length = args.seq_length or defaults.get("seq_length", 512)
-    return DataConfig(**fields, num_samples=args.num_samples, seq_length=seq_length, seed=args.seed)
+    num_samples = args.num_samples or max(sample_caps(args))
+    return DataConfig(**fields, num_samples=num_samples, seq_length=seq_length, seed=args.seed)
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -226,17 +299,16 @@ def run(args: argparse.Namespace) -> Path:
             file=sys.stderr,
         )
     progress = NO_PROGRESS if args.quiet else RichProgress()
-    start = time.perf_counter()
     results = run_suite(evalset, config, progress)
-    results.seconds["total"] = time.perf_counter() - start
     meta = {
         "command": args.command,
         "arguments": vars(args),
         "model": stack.describe(),
-        "data": {
-            **data_info,
-            "loss_samples": min(args.loss_samples, tokens.shape[0]),
-            "jacobian_samples": min(getattr(args, "jacobian_samples", 0), tokens.shape[0]) or None,
+        "data": {**data_info, "samples_used": results.samples},
+        "sampling": {
+            "target_se": config.sampling.target_se,
+            "min_samples": config.sampling.min_samples,
+            "max_samples": dict(zip(("layer_scores", "jacobian"), sample_caps(args))),
         },
         "suite_config": config,
         "versions": package_versions(),

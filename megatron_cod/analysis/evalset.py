@@ -1,12 +1,14 @@
 """Evaluation batches with their unperturbed layer inputs, computed once and shared by all metrics.
 
 One forward per batch captures h_0..h_L and the baseline loss; every metric starts its perturbed
-forwards from these cached inputs. When the whole set of states fits in ``cache_bytes`` they are
-kept in memory, so the ``all`` command runs the baseline forward once instead of once per metric.
+forwards from these cached inputs. Batches are kept in memory while their states fit in
+``cache_bytes`` (the first ones, which every metric visits); later batches are recomputed when a
+second pass needs them. Token ids and states live on the model's device.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -52,17 +54,14 @@ class EvalSet:
         if int(input_ids.max()) >= stack.vocab_size or int(input_ids.min()) < 0:
             raise ValueError(f"token ids must lie in [0, {stack.vocab_size}) for this model")
         self.stack = stack
-        self.input_ids = input_ids
+        self.input_ids = input_ids.to(stack.device)
         self.batch_size = batch_size
-        n, s = input_ids.shape
-        state_bytes = n * s * stack.hidden_size * (stack.num_layers + 1) * 4
-        self._cache: dict[int, Batch] | None = {} if state_bytes <= cache_bytes else None
+        self.cache_bytes = cache_bytes
+        self._cached_bytes = 0
+        self._cache: dict[int, Batch] = {}
         self.forwards_run = 0
-
-    @property
-    def caches_states(self) -> bool:
-        """Whether layer inputs are kept in memory after their first forward."""
-        return self._cache is not None
+        self.sequences_forwarded = 0  # sequences through the baseline forward (recomputations included)
+        self.forward_seconds = 0.0
 
     @property
     def num_sequences(self) -> int:
@@ -81,17 +80,22 @@ class EvalSet:
         return len(range(start // self.batch_size, -(-stop // self.batch_size)))
 
     def _full_batch(self, index: int) -> Batch:
-        if self._cache is not None and index in self._cache:
+        if index in self._cache:
             return self._cache[index]
+        began = time.perf_counter()
         ids = self.input_ids[index * self.batch_size : (index + 1) * self.batch_size]
         with torch.no_grad():
             ctx = self.stack.prepare(ids)
             states = [h.detach() for h in self.stack.capture_states(ids, ctx)]
             losses = row_loss_sums(log_probs(self.stack.head(states[-1])), ids)
         self.forwards_run += 1
+        self.sequences_forwarded += ids.shape[0]
+        self.forward_seconds += time.perf_counter() - began
         batch = Batch(ids, ctx, states, losses)
-        if self._cache is not None:
+        size = sum(h.numel() * h.element_size() for h in states)
+        if self._cached_bytes + size <= self.cache_bytes:
             self._cache[index] = batch
+            self._cached_bytes += size
         return batch
 
     def batches(self, start: int = 0, stop: int | None = None) -> Iterator[Batch]:

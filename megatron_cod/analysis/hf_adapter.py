@@ -52,6 +52,10 @@ class HFLayerStack(LayerStack):
         self._source = source
 
     @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
     def num_layers(self) -> int:
         return len(self._layers)
 

@@ -32,6 +32,7 @@ from megatron_cod.analysis.probe_estimators import (
     randomized_identity_distance,
 )
 from megatron_cod.analysis.progress import NO_PROGRESS, ProgressReporter
+from megatron_cod.analysis.sampling import Accumulator, SamplingConfig, feed
 
 MODES = ("exact", "randomized")
 VARIANTS = ("cross", "position")
@@ -72,6 +73,7 @@ class JacobianResult:
     num_probes: int | None
     num_tokens: int
     layers: list[LayerJacobian] = field(default_factory=list)
+    num_sequences: int = 0
 
     def for_variant(self, variant: str) -> list[LayerJacobian]:
         return [entry for entry in self.layers if entry.variant == variant]
@@ -139,7 +141,7 @@ def position_vjp_sums(
 def exact_position_sums(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """N J_position row by row: one VJP per (position, hidden unit), s*d in all."""
     _, seq, d = y.shape
-    total = torch.zeros(d, d, dtype=torch.float64)
+    total = torch.zeros(d, d, dtype=torch.float64, device=y.device)
     cotangent = torch.zeros_like(y)
     for t in range(seq):
         for i in range(d):
@@ -154,35 +156,42 @@ def _generator(seed: int, layer: int, variant: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def _rademacher(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    return torch.randint(0, 2, shape, generator=generator).float() * 2 - 1
+def _rademacher(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    # drawn on the CPU generator (the same numbers on every device), then moved
+    return (torch.randint(0, 2, shape, generator=generator).float() * 2 - 1).to(device)
 
 
-class _Accumulator:
-    """Running VJP sums of one (layer, variant) over batches."""
+class _LayerSums:
+    """Running VJP sums of one (layer, variant) over batches, on the model's device."""
 
-    def __init__(self, config: JacobianConfig, layer: int, variant: str, d: int) -> None:
+    def __init__(
+        self, config: JacobianConfig, layer: int, variant: str, d: int, device: torch.device
+    ) -> None:
         self.variant = variant
         self.exact = config.mode == "exact"
+        self.device = device
         self.generator = _generator(config.seed, layer, variant)
-        self.probes = None if self.exact else _rademacher((config.num_probes, d), self.generator)
         shape = (d, d) if self.exact else (config.num_probes, d)
-        self.sums = [torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64)]
+        self.probes = (
+            torch.eye(d, device=device) if self.exact else _rademacher(shape, self.generator, device)
+        )
+        self.sums = [torch.zeros(shape, dtype=torch.float64, device=device) for _ in range(2)]
 
     def add(self, y: torch.Tensor, x: torch.Tensor) -> None:
-        if self.exact:
-            if self.variant == "cross":
-                probes = torch.eye(y.shape[-1])
-                self.sums[0] += cross_token_vjp_sums(y, x, probes)
-            else:
-                self.sums[0] += exact_position_sums(y, x)
+        if self.exact and self.variant == "position":
+            self.sums[0] += exact_position_sums(y, x)
         elif self.variant == "cross":
             self.sums[0] += cross_token_vjp_sums(y, x, self.probes)
         else:
             k = self.probes.shape[0]
             for part in range(2):
-                signs = _rademacher((k, *y.shape[:2]), self.generator)
+                signs = _rademacher((k, *y.shape[:2]), self.generator, self.device)
                 self.sums[part] += position_vjp_sums(y, x, self.probes, signs)
+
+    def vjps_per_sequence(self, seq_length: int) -> int:
+        if self.exact:
+            return self.probes.shape[0] * (seq_length if self.variant == "position" else 1)
+        return self.probes.shape[0] * (1 if self.variant == "cross" else 2)
 
     def finish(self, num_tokens: int) -> IdentityDistance:
         if self.exact:
@@ -193,35 +202,61 @@ class _Accumulator:
         return randomized_identity_distance(u, w1, w2)
 
 
+class JacobianAccumulator(Accumulator):
+    """VJP sums of every (layer, variant) over the sequences seen; the probes are fixed per layer."""
+
+    name = "jacobian"
+    chunk = 2  # each sequence costs hundreds of VJPs: take few at a time so sampling can stop early
+    min_samples = 2
+
+    def __init__(self, stack: LayerStack, config: JacobianConfig, cap: int) -> None:
+        super().__init__(0, cap)
+        self.stack = stack
+        self.config = config
+        self.layers = tuple(range(stack.num_layers)) if config.layers is None else config.layers
+        self.sums = {
+            (layer, variant): _LayerSums(config, layer, variant, stack.hidden_size, stack.device)
+            for layer in self.layers
+            for variant in config.variants
+        }
+        self.num_tokens = 0
+
+    def add(self, batch: Batch) -> None:
+        self.num_tokens += batch.num_tokens
+        vjps = 0
+        for layer in self.layers:
+            x, y = layer_input_output(self.stack, batch, layer)
+            for variant in self.config.variants:
+                self.sums[(layer, variant)].add(y, x)
+                vjps += self.sums[(layer, variant)].vjps_per_sequence(batch.input_ids.shape[1])
+        self.count(batch, layer=len(self.layers), vjp=vjps)
+
+    def result(self) -> JacobianResult:
+        entries = [
+            LayerJacobian(layer, variant, self.sums[(layer, variant)].finish(self.num_tokens))
+            for variant in self.config.variants
+            for layer in self.layers
+        ]
+        return JacobianResult(
+            mode=self.config.mode,
+            num_probes=None if self.config.mode == "exact" else self.config.num_probes,
+            num_tokens=self.num_tokens,
+            layers=entries,
+            num_sequences=self.sequences,
+        )
+
+    def max_stderr(self) -> float:
+        # the probe (jackknife) error of ||J - I||_F / d; 0 in exact mode
+        return max(entry.scores.jacobian_norm.stderr for entry in self.result().layers)
+
+
 def jacobian_scores(
-    evalset: EvalSet, config: JacobianConfig, progress: ProgressReporter = NO_PROGRESS
+    evalset: EvalSet,
+    config: JacobianConfig,
+    progress: ProgressReporter = NO_PROGRESS,
+    sampling: SamplingConfig | None = None,
 ) -> JacobianResult:
     """Identity-distance scores of every layer's Jacobian, averaged over the evaluation tokens."""
-    stack = evalset.stack
-    layers = tuple(range(stack.num_layers)) if config.layers is None else config.layers
-    stop = evalset.limit(config.max_sequences)
-    accumulators: dict[tuple[int, str], _Accumulator] = {
-        (layer, variant): _Accumulator(config, layer, variant, stack.hidden_size)
-        for layer in layers
-        for variant in config.variants
-    }
-    num_tokens = 0
-    with progress.task("jacobian", evalset.num_batches(0, stop) * len(layers)) as advance:
-        for batch in evalset.batches(0, stop):
-            num_tokens += batch.num_tokens
-            for layer in layers:
-                x, y = layer_input_output(stack, batch, layer)
-                for variant in config.variants:
-                    accumulators[(layer, variant)].add(y, x)
-                advance()
-    entries = [
-        LayerJacobian(layer, variant, accumulators[(layer, variant)].finish(num_tokens))
-        for variant in config.variants
-        for layer in layers
-    ]
-    return JacobianResult(
-        mode=config.mode,
-        num_probes=None if config.mode == "exact" else config.num_probes,
-        num_tokens=num_tokens,
-        layers=entries,
-    )
+    acc = JacobianAccumulator(evalset.stack, config, evalset.limit(config.max_sequences))
+    feed(evalset, [acc], sampling, progress, "jacobian")
+    return acc.result()

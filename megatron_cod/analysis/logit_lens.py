@@ -1,19 +1,23 @@
 """Logit lens: decode every residual state h_0..h_L with the final norm + unembedding.
 
 Per state l: mean over tokens of KL(p_final || p_l) (p_final from h_L, the model's output),
-top-1 agreement with the model's prediction, and the next-token loss of the decoded distribution.
+top-1 agreement with the model's prediction, and the next-token loss of the decoded distribution,
+each with its standard error over sequences.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from megatron_cod.analysis.evalset import EvalSet
+from megatron_cod.analysis.adapter import LayerStack
+from megatron_cod.analysis.evalset import Batch, EvalSet
 from megatron_cod.analysis.lm_loss import log_probs, row_loss_sums, token_kl, top1_agreement
 from megatron_cod.analysis.progress import NO_PROGRESS, ProgressReporter
+from megatron_cod.analysis.sampling import Accumulator, SamplingConfig, feed
+from megatron_cod.analysis.stats import Scored, SequenceSums, mean_per_token, unresolved_pairs
 
 
 @dataclass(frozen=True)
@@ -31,11 +35,16 @@ class LensState:
     kl_to_final: float
     top1_agreement: float
     loss: float
+    kl_stderr: float = 0.0
+    top1_stderr: float = 0.0
+    loss_stderr: float = 0.0
 
 
 @dataclass(frozen=True)
 class LogitLensResult:
     states: list[LensState]
+    num_sequences: int = 0
+    unresolved: list[tuple[int, int]] = field(default_factory=list)  # KL order not resolved
 
     def global_metrics(self) -> dict[str, float]:
         kl = np.array([s.kl_to_final for s in self.states])
@@ -44,31 +53,73 @@ class LogitLensResult:
         return {"lens_mean_kl": float(kl[:-1].mean()), "lens_mean_top1_agreement": float(agree[:-1].mean())}
 
 
-def logit_lens_scores(
-    evalset: EvalSet, config: LogitLensConfig, progress: ProgressReporter = NO_PROGRESS
-) -> LogitLensResult:
-    stack = evalset.stack
-    num_states = stack.num_layers + 1
-    stop = evalset.limit(config.max_sequences)
-    kl = np.zeros(num_states)
-    agree = np.zeros(num_states)
-    loss = np.zeros(num_states)
-    tokens = 0
-    loss_tokens = 0
-    with torch.no_grad(), progress.task("logit lens", evalset.num_batches(0, stop)) as advance:
-        for batch in evalset.batches(0, stop):
-            tokens += batch.num_tokens
-            loss_tokens += batch.loss_count
-            final = log_probs(stack.head(batch.states[-1]))
-            for l, h in enumerate(batch.states):
-                decoded = log_probs(stack.head(h))
-                kl[l] += float(token_kl(final, decoded).sum())
-                agree[l] += float(top1_agreement(final, decoded).sum())
-                loss[l] += float(row_loss_sums(decoded, batch.input_ids).sum())
-            advance()
-    return LogitLensResult(
-        [
-            LensState(l, float(kl[l] / tokens), float(agree[l] / tokens), float(loss[l] / loss_tokens))
-            for l in range(num_states)
+class LogitLensAccumulator(Accumulator):
+    """Per sequence and state: summed KL to the final distribution, top-1 agreement and loss."""
+
+    name = "logit-lens"
+
+    def __init__(self, stack: LayerStack, cap: int) -> None:
+        super().__init__(0, cap)
+        self.stack = stack
+        self.sums = SequenceSums()  # [n, 3, L + 1]: kl, agreement, loss
+        self.counts = SequenceSums()  # [n, 2]: tokens, predicted tokens
+
+    def add(self, batch: Batch) -> None:
+        rows = []
+        with torch.no_grad():
+            final = log_probs(self.stack.head(batch.states[-1]))
+            for h in batch.states:
+                decoded = log_probs(self.stack.head(h))
+                rows.append(
+                    torch.stack(
+                        [
+                            token_kl(final, decoded).sum(dim=1),
+                            top1_agreement(final, decoded).sum(dim=1),
+                            row_loss_sums(decoded, batch.input_ids),
+                        ],
+                        dim=1,
+                    )
+                )
+        self.sums.add(torch.stack(rows, dim=2))
+        b, s = batch.input_ids.shape
+        self.counts.add(torch.tensor([[s, s - 1]] * b))
+        self.count(batch, head=len(batch.states))
+
+    def _scored(self) -> tuple[Scored, Scored]:
+        sums, counts = self.sums.array(), self.counts.array()
+        per_token = mean_per_token(sums[:, :2], counts[:, 0])
+        per_prediction = mean_per_token(sums[:, 2], counts[:, 1])
+        return per_token, per_prediction
+
+    def max_stderr(self) -> float:
+        # the loss's spread across sequences is text difficulty; KL and agreement are paired
+        per_token, _ = self._scored()
+        return float(per_token.stderr.max())
+
+    def result(self) -> LogitLensResult:
+        per_token, loss = self._scored()
+        kl = Scored(per_token.value[0], per_token.stderr[0], per_token.replicates[:, 0])
+        states = [
+            LensState(
+                l,
+                float(per_token.value[0, l]),
+                float(per_token.value[1, l]),
+                float(loss.value[l]),
+                float(per_token.stderr[0, l]),
+                float(per_token.stderr[1, l]),
+                float(loss.stderr[l]),
+            )
+            for l in range(per_token.value.shape[1])
         ]
-    )
+        return LogitLensResult(states, self.sequences, unresolved_pairs(kl))
+
+
+def logit_lens_scores(
+    evalset: EvalSet,
+    config: LogitLensConfig,
+    progress: ProgressReporter = NO_PROGRESS,
+    sampling: SamplingConfig | None = None,
+) -> LogitLensResult:
+    acc = LogitLensAccumulator(evalset.stack, evalset.limit(config.max_sequences))
+    feed(evalset, [acc], sampling, progress, "logit lens")
+    return acc.result()

@@ -27,9 +27,7 @@ class MegatronBatchContext:
 class MegatronLayerStack(LayerStack):
     """A GPTModel (pre and post process on this rank) in fp32 eval mode, parameters frozen."""
 
-    def __init__(
-        self, model: torch.nn.Module, source: str | None = None, iteration: int | None = None
-    ) -> None:
+    def __init__(self, model: Any, source: str | None = None, iteration: int | None = None) -> None:
         model.float().eval()
         model.requires_grad_(False)
         self.model = model
@@ -49,6 +47,10 @@ class MegatronLayerStack(LayerStack):
     def vocab_size(self) -> int:
         # the padded vocabulary: training's softmax ran over it too
         return int(self.model.vocab_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -85,7 +87,13 @@ class MegatronLayerStack(LayerStack):
         return self.model.decoder.final_layernorm(h)
 
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
-        logits, _ = self.model.output_layer(h)
+        # With tied embeddings the output layer owns no weight: GPTModel passes the embedding's.
+        weight = (
+            self.model.shared_embedding_or_output_weight()
+            if self.model.share_embeddings_and_output_weights
+            else None
+        )
+        logits, _ = self.model.output_layer(h, weight=weight)
         return logits.float()
 
 
@@ -121,6 +129,9 @@ def load_megatron_stack(path: str | Path) -> tuple[MegatronLayerStack, dict[str,
             "model.recompute_method": None,
             "model.recompute_num_layers": None,
             "model.bf16": False,
+            # TE checkpoints load into the local spec: its sharded keys are TE's (see
+            # local_spec_loads_te_keys), so analysis runs on any device, TE installed or not.
+            "model.transformer_impl": "local",
         }
     )
     if not torch.distributed.is_initialized():

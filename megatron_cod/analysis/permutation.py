@@ -5,6 +5,7 @@ reductions as the paper's compute_layer_score.py: the mean over evaluated pairs,
 L(L-1)/2 (equal to the mean when all pairs are evaluated), and a depth-weighted score (per layer:
 sum of P * decay^layer over the pairs containing it, divided by their count; then the mean over
 layers that appear in some pair). Each swapped forward starts at l1 from its cached input.
+Each P has a standard error over sequences (jackknife of the per-sequence loss sums).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from megatron_cod.analysis.adapter import swap_layers
-from megatron_cod.analysis.evalset import EvalSet
-from megatron_cod.analysis.lm_loss import loss_sum_from
+from megatron_cod.analysis.adapter import LayerStack, swap_layers
+from megatron_cod.analysis.evalset import Batch, EvalSet
+from megatron_cod.analysis.lm_loss import log_probs, row_loss_sums
 from megatron_cod.analysis.progress import NO_PROGRESS, ProgressReporter
+from megatron_cod.analysis.sampling import Accumulator, SamplingConfig, feed
+from megatron_cod.analysis.stats import Scored, SequenceSums, jackknife
 
 Pair = tuple[int, int]
 
@@ -61,6 +64,7 @@ class PairScore:
     l2: int
     loss: float
     score: float
+    stderr: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class PermutationResult:
     num_layers: int
     decay: float
     pairs: list[PairScore]
+    num_sequences: int = 0
 
     def matrix(self) -> np.ndarray:
         """[L, L] with P at (l1, l2), NaN where not evaluated."""
@@ -93,27 +98,67 @@ class PermutationResult:
         }
 
 
+def _pair_scores(totals: np.ndarray) -> np.ndarray:
+    """|L_0 - L_swap| / L_0 from totals [m, pairs + 1] (swap loss sums, then the baseline's)."""
+    return np.abs(totals[:, -1:] - totals[:, :-1]) / totals[:, -1:]
+
+
+class PermutationAccumulator(Accumulator):
+    """Per sequence: the summed loss of every swapped model and of the baseline."""
+
+    name = "permutation"
+
+    def __init__(self, stack: LayerStack, pairs: list[Pair], cap: int) -> None:
+        super().__init__(0, cap)
+        if any(b >= stack.num_layers for _, b in pairs):
+            raise ValueError(f"layer pair out of range for a model with {stack.num_layers} layers")
+        self.stack = stack
+        self.pairs = pairs
+        self.losses = SequenceSums()  # [n, pairs + 1]
+        self.loss_count = 0
+
+    def add(self, batch: Batch) -> None:
+        stack = self.stack
+        columns = []
+        with torch.no_grad():
+            for a, b in self.pairs:
+                h = stack.run(batch.states[a], batch.ctx, start=a, overrides=swap_layers(a, b))
+                columns.append(row_loss_sums(log_probs(stack.head(h)), batch.input_ids))
+        columns.append(batch.row_loss_sums)
+        self.losses.add(torch.stack(columns, dim=1))
+        self.loss_count += batch.loss_count
+        self.count(batch, layer=sum(stack.num_layers - a for a, _ in self.pairs), head=len(self.pairs))
+
+    def _scores(self) -> Scored:
+        return jackknife(_pair_scores, self.losses.array())
+
+    def max_stderr(self) -> float:
+        return float(self._scores().stderr.max())
+
+    def result(self, decay: float) -> PermutationResult:
+        scores = self._scores()
+        totals = self.losses.array().sum(axis=0)
+        scored = [
+            PairScore(a, b, float(total / self.loss_count), float(value), float(se))
+            for (a, b), total, value, se in zip(self.pairs, totals, scores.value, scores.stderr)
+        ]
+        return PermutationResult(
+            baseline_loss=float(totals[-1] / self.loss_count),
+            num_layers=self.stack.num_layers,
+            decay=decay,
+            pairs=scored,
+            num_sequences=self.sequences,
+        )
+
+
 def permutation_scores(
-    evalset: EvalSet, config: PermutationConfig, progress: ProgressReporter = NO_PROGRESS
+    evalset: EvalSet,
+    config: PermutationConfig,
+    progress: ProgressReporter = NO_PROGRESS,
+    sampling: SamplingConfig | None = None,
 ) -> PermutationResult:
     stack = evalset.stack
-    num_layers = stack.num_layers
-    pairs = list(config.pairs) if config.pairs is not None else parse_pairs("all", num_layers)
-    if any(b >= num_layers for _, b in pairs):
-        raise ValueError(f"layer pair out of range for a model with {num_layers} layers")
-    stop = evalset.limit(config.max_sequences)
-    loss_sums = np.zeros(len(pairs))
-    count = 0
-    with torch.no_grad(), progress.task("permutation", evalset.num_batches(0, stop) * len(pairs)) as advance:
-        for batch in evalset.batches(0, stop):
-            count += batch.loss_count
-            for i, (a, b) in enumerate(pairs):
-                h = stack.run(batch.states[a], batch.ctx, start=a, overrides=swap_layers(a, b))
-                loss_sums[i] += loss_sum_from(stack, h, batch.input_ids)
-                advance()
-    baseline = evalset.baseline_loss(0, stop)
-    scored = []
-    for (a, b), total in zip(pairs, loss_sums):
-        loss = float(total / count)
-        scored.append(PairScore(a, b, loss, abs(baseline - loss) / baseline))
-    return PermutationResult(baseline_loss=baseline, num_layers=num_layers, decay=config.decay, pairs=scored)
+    pairs = list(config.pairs) if config.pairs is not None else parse_pairs("all", stack.num_layers)
+    acc = PermutationAccumulator(stack, pairs, evalset.limit(config.max_sequences))
+    feed(evalset, [acc], sampling, progress, "permutation")
+    return acc.result(config.decay)

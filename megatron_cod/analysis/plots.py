@@ -84,13 +84,22 @@ def plot_usefulness(result: UsefulnessResult, out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(9, 4.5))
     layers = [r.layer for r in result.layers]
     colors = ["tab:green" if r.useful else "tab:gray" for r in result.layers]
-    ax.bar(layers, [r.loss_ratio for r in result.layers], color=colors)
+    ax.bar(
+        layers,
+        [r.loss_ratio for r in result.layers],
+        yerr=[2 * r.loss_ratio_stderr for r in result.layers],
+        color=colors,
+        capsize=3,
+    )
     ax.axhline(result.threshold, color="red", ls="--", label=f"threshold {result.threshold}")
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set_xlabel("layer replaced by its affine fit")
     ax.set_ylabel("loss ratio L_l / L_0")
     ax.set_yscale("log")
-    ax.set_title(f"Usefulness score {result.score:.3f} (held-out fit: {result.held_out_fit})")
+    ax.set_title(
+        f"Usefulness score {result.score:.3f} (held-out fit: {result.held_out_fit}; "
+        f"{result.eval_sequences} sequences, bars: 2 s.e.)"
+    )
     ax.legend()
     _save(fig, out / "usefulness.png")
     return ["usefulness.png"]
@@ -121,6 +130,7 @@ def plot_causal(result: CausalResult, out: Path) -> list[str]:
         [s.layer for s in skips],
         [s.kl for s in skips],
         [s.top1_agreement for s in skips],
+        kl_stderr=[s.kl_stderr for s in skips],
         bars=True,
         kl_label="KL(p_base || p_skip)",
         xlabel="skipped layer",
@@ -137,6 +147,7 @@ def _kl_with_agreement(
     kl: list[float],
     agreement: list[float],
     *,
+    kl_stderr: list[float],
     bars: bool,
     kl_label: str,
     xlabel: str,
@@ -145,19 +156,21 @@ def _kl_with_agreement(
     legend_loc: str,
     path: Path,
 ) -> None:
-    """KL on the left axis, top-1 agreement (0..1) on the right: the causal and logit-lens views."""
+    """KL (error bars: 2 s.e.) on the left axis, top-1 agreement (0..1) on the right: the causal and
+    logit-lens views."""
     fig, ax1 = plt.subplots(figsize=(9, 4.5))
+    errors = [2 * e for e in kl_stderr]
     if bars:
-        ax1.bar(x, kl, color="tab:blue", label=kl_label)
+        ax1.bar(x, kl, yerr=errors, capsize=3, color="tab:blue", label=kl_label)
     else:
-        ax1.plot(x, kl, marker="o", color="tab:blue", label=kl_label)
+        ax1.errorbar(x, kl, yerr=errors, capsize=3, marker="o", color="tab:blue", label=kl_label)
     ax1.set_xlabel(xlabel)
     ax1.set_ylabel(ylabel)
     ax2 = ax1.twinx()
     ax2.plot(x, agreement, color="tab:orange", marker="o" if bars else "s", label="top-1 agreement")
     ax2.set_ylabel("top-1 agreement")
     ax2.set_ylim(0, 1.05)
-    fig.legend(loc=legend_loc)
+    fig.legend(loc=legend_loc)  # type: ignore[call-overload]  # matplotlib's stubs omit loc alone
     ax1.set_title(title)
     _save(fig, path)
 
@@ -174,11 +187,13 @@ def plot_similarity(result: SimilarityResult, out: Path) -> list[str]:
     files = []
     fig, ax = plt.subplots(figsize=(9, 4.5))
     layers = np.arange(len(result.block_influence))
-    ax.plot(layers, result.block_influence, marker="o", label="all tokens")
-    ax.plot(layers, result.block_influence_last, marker="s", label="last token")
+    bi_err = [2 * e for e in result.block_influence_stderr] or None
+    last_err = [2 * e for e in result.block_influence_last_stderr] or None
+    ax.errorbar(layers, result.block_influence, yerr=bi_err, capsize=3, marker="o", label="all tokens")
+    ax.errorbar(layers, result.block_influence_last, yerr=last_err, capsize=3, marker="s", label="last token")
     ax.set_xlabel("layer")
     ax.set_ylabel("1 - cos(h_l, h_{l+1})")
-    ax.set_title("Block Influence")
+    ax.set_title(f"Block Influence ({result.num_sequences or 'all'} sequences, bars: 2 s.e.)")
     ax.legend()
     _save(fig, out / "block_influence.png")
     files.append("block_influence.png")
@@ -199,7 +214,15 @@ def plot_similarity(result: SimilarityResult, out: Path) -> list[str]:
             (result.pruning_angular, "angular block", "s--"),
         )
         for steps, label, style in curves:
-            ax.plot([s.num_removed for s in steps], [s.perplexity for s in steps], style, label=label)
+            # error bars: 2 s.e. of the loss, carried to perplexity (d ppl = ppl d loss)
+            ax.errorbar(
+                [s.num_removed for s in steps],
+                [s.perplexity for s in steps],
+                yerr=[2 * s.perplexity * s.loss_stderr for s in steps],
+                fmt=style,
+                capsize=3,
+                label=label,
+            )
         ax.set_yscale("log")
         ax.set_xlabel("layers removed")
         ax.set_ylabel("perplexity")
@@ -216,6 +239,7 @@ def plot_logit_lens(result: LogitLensResult, out: Path) -> list[str]:
         [s.state for s in states],
         [s.kl_to_final for s in states],
         [s.top1_agreement for s in states],
+        kl_stderr=[s.kl_stderr for s in states],
         bars=False,
         kl_label="KL to final",
         xlabel="residual state (0 = embeddings, l + 1 = after layer l)",

@@ -47,7 +47,7 @@ def exact_identity_distance(jacobian: torch.Tensor) -> IdentityDistance:
     """All scores from an explicit Jacobian."""
     j = jacobian.double()
     d = j.shape[0]
-    eye = torch.eye(d, dtype=j.dtype)
+    eye = torch.eye(d, dtype=j.dtype, device=j.device)
     diag = torch.diagonal(j)
     off = j * (1 - eye)
     return IdentityDistance(

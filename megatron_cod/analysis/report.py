@@ -17,6 +17,7 @@ from typing import Any
 
 from megatron_cod.analysis.errors import AnalysisError
 from megatron_cod.analysis.plots import PLOTS
+from megatron_cod.analysis.stats import RESOLVE_SIGMAS
 from megatron_cod.analysis.suite import SuiteResults
 from megatron_cod.analysis.tables import TABLES, jsonable, result_dict
 
@@ -52,18 +53,60 @@ def _fmt(value: float) -> str:
     return "n/a" if value is None or value != value else f"{value:.6g}"
 
 
+def unresolved_orders(results: SuiteResults) -> dict[str, list[tuple[int, int]]]:
+    """Per-layer score name -> unresolved neighbouring layer pairs."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    if results.usefulness is not None:
+        out["usefulness loss ratio"] = results.usefulness.unresolved
+    if results.causal is not None:
+        out["skip KL"] = results.causal.unresolved
+    if results.similarity is not None:
+        out["Block Influence"] = results.similarity.unresolved
+    if results.logit_lens is not None:
+        out["logit-lens KL (states)"] = results.logit_lens.unresolved
+    return out
+
+
+def _pairs(pairs: list[tuple[int, int]]) -> str:
+    return ", ".join(f"{a}~{b}" for a, b in pairs) if pairs else "none"
+
+
 def _summary(results: SuiteResults, meta: dict[str, Any], figures: list[str], tables: list[str]) -> str:
     model = meta.get("model", {})
     data = meta.get("data", {})
+    sampling = meta.get("sampling", {})
     lines = [
         "# Depth-utilization analysis",
         "",
         f"- model: {model.get('source') or model.get('architecture')} ({model.get('num_layers')} layers, "
         f"hidden {model.get('hidden_size')}, vocab {model.get('vocab_size')})",
         f"- data: {data.get('num_samples')} x {data.get('seq_length')} tokens, split part "
-        f"{data.get('split_part')!r} of {data.get('split')!r}, seed {data.get('seed')}; output-distribution "
-        f"metrics use the first {data.get('loss_samples')} sequences, the Jacobian {data.get('jacobian_samples')}",
+        f"{data.get('split_part')!r} of {data.get('split')!r}, seed {data.get('seed')}",
+        f"- sampling: target standard error {sampling.get('target_se')}, at least "
+        f"{sampling.get('min_samples')} and at most {sampling.get('max_samples')} sequences per metric",
         f"- metrics: {', '.join(results.present())}",
+        "",
+        "## Sequences used",
+        "",
+        "Each metric drew sequences (the first k of the draw) until every score it is judged by had a",
+        "standard error at or below the target, or it reached its maximum.",
+        "",
+        "| metric | sequences |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {count} |" for name, count in results.samples.items()]
+    lines += [
+        "",
+        "## Layer orders not resolved",
+        "",
+        f"Neighbours in each per-layer ranking whose scores differ by at most {RESOLVE_SIGMAS:g} standard",
+        "errors of their (paired) difference: their order may be noise. 'a~b' = a ranks just below b.",
+        "",
+        "| score | unresolved neighbours |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {_pairs(pairs)} |" for name, pairs in unresolved_orders(results).items()]
+    lines += [
         "",
         "## Scores",
         "",
@@ -73,6 +116,13 @@ def _summary(results: SuiteResults, meta: dict[str, Any], figures: list[str], ta
     lines += [f"| {name} | {_fmt(value)} |" for name, value in results.global_metrics().items()]
     lines += ["", "## Wall time (s)", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in results.seconds.items()]
+    work = results.work
+    if work:
+        lines += [
+            "",
+            f"Work: {work['units']} (layer forwards, heads, layer VJPs, per sequence); at the measured unit "
+            f"costs that needs {work['floor_seconds']:.1f} s, the suite took {work['overhead_ratio']:.2f}x that.",
+        ]
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     lines += (
         ["", "## Tables", ""] + [f"- [{t}]({t})" for t in tables] + ["- [results.json](results.json)", ""]
@@ -95,6 +145,9 @@ def write_report(path: Path, results: SuiteResults, meta: dict[str, Any], overwr
         "seconds": results.seconds,
         "global": jsonable(results.global_metrics()),
         "layer_curves": jsonable(results.layer_curves()),
+        "samples": results.samples,
+        "work": jsonable(results.work),
+        "unresolved": jsonable(unresolved_orders(results)),
     }
     for metric, result in results.present().items():
         payload[metric] = result_dict(result)

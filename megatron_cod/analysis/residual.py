@@ -8,13 +8,15 @@ training statistics logged for the last layer (paper_code_spec.md section 1.2).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
-from megatron_cod.analysis.evalset import EvalSet
+from megatron_cod.analysis.adapter import LayerStack
+from megatron_cod.analysis.evalset import Batch, EvalSet
 from megatron_cod.analysis.progress import NO_PROGRESS, ProgressReporter
+from megatron_cod.analysis.sampling import Accumulator, SamplingConfig, feed
+from megatron_cod.analysis.stats import Scored, SequenceSums, mean_per_token
 from megatron_cod.telemetry.metrics import (
     per_token_norm,
     per_token_relative_update,
@@ -41,6 +43,9 @@ class ResidualResult:
     update_norm: list[float]  # per layer
     relative_update: list[float]
     final_norm_variance: float
+    variance_stderr: list[float] = field(default_factory=list)
+    relative_update_stderr: list[float] = field(default_factory=list)
+    num_sequences: int = 0
 
     def global_metrics(self) -> dict[str, float]:
         return {
@@ -50,40 +55,73 @@ class ResidualResult:
         }
 
 
+class ResidualAccumulator(Accumulator):
+    """Per sequence: summed per-token variance, norm, RMS of each state and update sizes per layer."""
+
+    name = "variance"
+
+    def __init__(self, stack: LayerStack, cap: int) -> None:
+        super().__init__(0, cap)
+        self.stack = stack
+        self.states = SequenceSums()  # [n, 3, L + 1]
+        self.updates = SequenceSums()  # [n, 2, L]
+        self.final = SequenceSums()  # [n, 1]
+        self.tokens = SequenceSums()
+
+    def add(self, batch: Batch) -> None:
+        states = batch.states
+        with torch.no_grad():
+            per_state = [
+                torch.stack([f(h).sum(dim=1) for f in (per_token_variance, per_token_norm, per_token_rms)], 1)
+                for h in states
+            ]
+            per_layer = [
+                torch.stack(
+                    [f(h_in, h_out).sum(dim=1) for f in (per_token_update_norm, per_token_relative_update)], 1
+                )
+                for h_in, h_out in zip(states[:-1], states[1:])
+            ]
+            final = per_token_variance(self.stack.final_norm(states[-1])).sum(dim=1, keepdim=True)
+        self.states.add(torch.stack(per_state, dim=2))
+        self.updates.add(torch.stack(per_layer, dim=2))
+        self.final.add(final)
+        rows, seq = batch.input_ids.shape
+        self.tokens.add(torch.full((rows,), float(seq)))
+
+    def _scores(self) -> tuple[Scored, Scored, Scored]:
+        tokens = self.tokens.array()
+        return (
+            mean_per_token(self.states.array(), tokens),
+            mean_per_token(self.updates.array(), tokens),
+            mean_per_token(self.final.array(), tokens),
+        )
+
+    def max_stderr(self) -> float:
+        # variance and norms are in the model's units; the relative update is the scale-free score
+        _, updates, _ = self._scores()
+        return float(updates.stderr[1].max())
+
+    def result(self) -> ResidualResult:
+        states, updates, final = self._scores()
+        return ResidualResult(
+            variance=states.value[0].tolist(),
+            norm=states.value[1].tolist(),
+            rms=states.value[2].tolist(),
+            update_norm=updates.value[0].tolist(),
+            relative_update=updates.value[1].tolist(),
+            final_norm_variance=float(final.value[0]),
+            variance_stderr=states.stderr[0].tolist(),
+            relative_update_stderr=updates.stderr[1].tolist(),
+            num_sequences=self.sequences,
+        )
+
+
 def residual_profile(
-    evalset: EvalSet, config: ResidualConfig, progress: ProgressReporter = NO_PROGRESS
+    evalset: EvalSet,
+    config: ResidualConfig,
+    progress: ProgressReporter = NO_PROGRESS,
+    sampling: SamplingConfig | None = None,
 ) -> ResidualResult:
-    stack = evalset.stack
-    num_layers = stack.num_layers
-    stop = evalset.limit(config.max_sequences)
-    state_sums = np.zeros((3, num_layers + 1))
-    update_sums = np.zeros((2, num_layers))
-    final_var = 0.0
-    tokens = 0
-    with torch.no_grad(), progress.task("residual", evalset.num_batches(0, stop)) as advance:
-        for batch in evalset.batches(0, stop):
-            states = batch.states
-            tokens += batch.num_tokens
-            for l, h in enumerate(states):
-                state_sums[:, l] += [
-                    float(per_token_variance(h).sum()),
-                    float(per_token_norm(h).sum()),
-                    float(per_token_rms(h).sum()),
-                ]
-            for l in range(num_layers):
-                update_sums[:, l] += [
-                    float(per_token_update_norm(states[l], states[l + 1]).sum()),
-                    float(per_token_relative_update(states[l], states[l + 1]).sum()),
-                ]
-            final_var += float(per_token_variance(stack.final_norm(states[-1])).sum())
-            advance()
-    state_means = state_sums / tokens
-    update_means = update_sums / tokens
-    return ResidualResult(
-        variance=state_means[0].tolist(),
-        norm=state_means[1].tolist(),
-        rms=state_means[2].tolist(),
-        update_norm=update_means[0].tolist(),
-        relative_update=update_means[1].tolist(),
-        final_norm_variance=final_var / tokens,
-    )
+    acc = ResidualAccumulator(evalset.stack, evalset.limit(config.max_sequences))
+    feed(evalset, [acc], sampling, progress, "residual")
+    return acc.result()

@@ -72,9 +72,25 @@ def jacobian_tables(result: JacobianResult) -> dict[str, Table]:
 
 
 def usefulness_tables(result: UsefulnessResult) -> dict[str, Table]:
-    header = ["layer", "loss", "loss_ratio", "loss_increase", "useful", "fit_relative_residual"]
+    header = [
+        "layer",
+        "loss",
+        "loss_ratio",
+        "loss_ratio_stderr",
+        "loss_increase",
+        "useful",
+        "fit_relative_residual",
+    ]
     rows = [
-        [r.layer, r.loss, r.loss_ratio, r.loss_increase, int(r.useful), r.fit_relative_residual]
+        [
+            r.layer,
+            r.loss,
+            r.loss_ratio,
+            r.loss_ratio_stderr,
+            r.loss_increase,
+            int(r.useful),
+            r.fit_relative_residual,
+        ]
         for r in result.layers
     ]
     return {"usefulness": (header, rows)}
@@ -83,33 +99,63 @@ def usefulness_tables(result: UsefulnessResult) -> dict[str, Table]:
 def causal_tables(result: CausalResult) -> dict[str, Table]:
     n = result.matrix.shape[0]
     matrix_rows = [[s] + result.matrix[s].tolist() for s in range(n)]
-    skips = [[s.layer, s.kl, s.top1_agreement, s.loss, s.loss_ratio, s.mean_effect] for s in result.skips]
-    return {
+    skips = [
+        [s.layer, s.kl, s.kl_stderr, s.top1_agreement, s.top1_stderr, s.loss, s.loss_ratio]
+        + [s.loss_ratio_stderr, s.mean_effect]
+        for s in result.skips
+    ]
+    tables: dict[str, Table] = {
         "causal_matrix": (["skipped_layer"] + [f"layer_{l}" for l in range(n)], matrix_rows),
         "causal_output_change": (
-            ["skipped_layer", "kl", "top1_agreement", "loss", "loss_ratio", "mean_effect"],
+            ["skipped_layer", "kl", "kl_stderr", "top1_agreement", "top1_agreement_stderr", "loss"]
+            + ["loss_ratio", "loss_ratio_stderr", "mean_effect"],
             skips,
         ),
     }
+    if result.matrix_stderr is not None:
+        stderr_rows = [[s] + result.matrix_stderr[s].tolist() for s in range(n)]
+        tables["causal_matrix_stderr"] = (["skipped_layer"] + [f"layer_{l}" for l in range(n)], stderr_rows)
+    return tables
 
 
 def permutation_tables(result: PermutationResult) -> dict[str, Table]:
     return {
-        "permutation": (["l1", "l2", "loss", "score"], [[p.l1, p.l2, p.loss, p.score] for p in result.pairs])
+        "permutation": (
+            ["l1", "l2", "loss", "score", "score_stderr"],
+            [[p.l1, p.l2, p.loss, p.score, p.stderr] for p in result.pairs],
+        )
     }
 
 
 def similarity_tables(result: SimilarityResult) -> dict[str, Table]:
     n = len(result.block_influence)
+    bi_se = result.block_influence_stderr or [None] * n
+    bi_last_se = result.block_influence_last_stderr or [None] * n
+    ang_se = result.angular_all_stderr if result.angular_all_stderr is not None else np.full((n, n), np.nan)
+    ang_last_se = (
+        result.angular_last_stderr if result.angular_last_stderr is not None else np.full((n, n), np.nan)
+    )
     tables: dict[str, Table] = {
         "block_influence": (
-            ["layer", "block_influence", "block_influence_last_token"],
-            [[l, result.block_influence[l], result.block_influence_last[l]] for l in range(n)],
+            ["layer", "block_influence", "block_influence_stderr", "block_influence_last_token"]
+            + ["block_influence_last_token_stderr"],
+            [
+                [l, result.block_influence[l], bi_se[l], result.block_influence_last[l], bi_last_se[l]]
+                for l in range(n)
+            ],
         ),
         "angular_distance": (
-            ["start_layer", "block_size", "angular_distance", "angular_distance_last_token"],
+            ["start_layer", "block_size", "angular_distance", "angular_distance_stderr"]
+            + ["angular_distance_last_token", "angular_distance_last_token_stderr"],
             [
-                [l, k + 1, result.angular_all[l, k], result.angular_last[l, k]]
+                [
+                    l,
+                    k + 1,
+                    result.angular_all[l, k],
+                    ang_se[l, k],
+                    result.angular_last[l, k],
+                    ang_last_se[l, k],
+                ]
                 for l in range(n)
                 for k in range(n - l)
             ],
@@ -122,15 +168,22 @@ def similarity_tables(result: SimilarityResult) -> dict[str, Table]:
             ("angular_block", result.pruning_angular),
         ):
             rows += [
-                [order, s.num_removed, " ".join(map(str, s.removed)), s.loss, s.perplexity] for s in steps
+                [order, s.num_removed, " ".join(map(str, s.removed)), s.loss, s.loss_stderr, s.perplexity]
+                + [s.loss_ratio, s.loss_ratio_stderr]
+                for s in steps
             ]
-        tables["pruning_curves"] = (["order", "num_removed", "removed_layers", "loss", "perplexity"], rows)
+        header = ["order", "num_removed", "removed_layers", "loss", "loss_stderr", "perplexity"]
+        tables["pruning_curves"] = (header + ["loss_ratio", "loss_ratio_stderr"], rows)
     return tables
 
 
 def logit_lens_tables(result: LogitLensResult) -> dict[str, Table]:
-    rows = [[s.state, s.kl_to_final, s.top1_agreement, s.loss] for s in result.states]
-    return {"logit_lens": (["state", "kl_to_final", "top1_agreement", "loss"], rows)}
+    rows = [
+        [s.state, s.kl_to_final, s.kl_stderr, s.top1_agreement, s.top1_stderr, s.loss, s.loss_stderr]
+        for s in result.states
+    ]
+    header = ["state", "kl_to_final", "kl_stderr", "top1_agreement", "top1_agreement_stderr", "loss"]
+    return {"logit_lens": (header + ["loss_stderr"], rows)}
 
 
 def residual_tables(result: ResidualResult) -> dict[str, Table]:

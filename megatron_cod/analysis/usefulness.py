@@ -6,26 +6,30 @@ baseline: loss_ratio = L_l / L_0. A layer is useful when the ratio exceeds the t
 paper: 1.1); the score is the fraction of useful layers. The map is applied as x @ W + b; the
 paper's code put W (not W^T) into nn.Linear.weight and so applied x W^T + b.
 
-The fit accumulates the normal equations [x, 1]^T [x, 1] and [x, 1]^T y in float64 over batches
-and solves them with a rank-revealing least-squares solver (the minimum-norm solution when
-the tokens do not determine W). The target is the raw layer output for every layer (the paper's
+The fit streams over batches in one pass, centring and merging QR factors in float64
+(StreamingLeastSquares: no normal equations, so the condition number is not squared; the
+minimum-norm solution when the tokens do not determine W). The target is the raw layer output for every layer (the paper's
 dense runs fitted the last layer to the final-normed state). The paper evaluates on the fitting
 tokens; ``held_out_fit`` fits on the first part of the sequences and evaluates (baseline
 included) on the rest. The fit always uses every sequence it may; ``eval_max_sequences`` caps
-the (costly) evaluated part.
+the (costly) evaluated part, and adaptive sampling may stop it earlier. Loss ratios have a
+standard error over the evaluated sequences.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from megatron_cod.analysis.adapter import replace_layer
-from megatron_cod.analysis.evalset import EvalSet
-from megatron_cod.analysis.lm_loss import loss_sum_from
+from megatron_cod.analysis.adapter import LayerStack, replace_layer
+from megatron_cod.analysis.evalset import Batch, EvalSet
+from megatron_cod.analysis.lm_loss import log_probs, row_loss_sums
 from megatron_cod.analysis.progress import NO_PROGRESS, ProgressReporter
+from megatron_cod.analysis.sampling import Accumulator, SamplingConfig, feed
+from megatron_cod.analysis.stats import Scored, SequenceSums, ratio_of_sums, unresolved_pairs
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class LayerUsefulness:
     loss_increase: float
     useful: bool
     fit_relative_residual: float  # ||y - (x W + b)||^2 / ||y - mean y||^2 on the fit tokens
+    loss_ratio_stderr: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class UsefulnessResult:
     fit_sequences: int
     eval_sequences: int
     layers: list[LayerUsefulness]
+    unresolved: list[tuple[int, int]] = field(default_factory=list)  # loss-ratio order not resolved
 
     @property
     def score(self) -> float:
@@ -87,87 +93,157 @@ class AffineMap:
         return h @ self.weight + self.bias
 
 
-class NormalEquations:
-    """Running [x, 1]^T [x, 1], [x, 1]^T y and y statistics in float64."""
+class StreamingLeastSquares:
+    """Least squares y ~ x W + b over rows streamed in batches, by merged QR factors (float64).
 
-    def __init__(self, d: int) -> None:
-        self.gram = torch.zeros(d + 1, d + 1, dtype=torch.float64)
-        self.cross = torch.zeros(d + 1, d, dtype=torch.float64)
-        self.y_sum = torch.zeros(d, dtype=torch.float64)
-        self.y_sq = torch.zeros((), dtype=torch.float64)
+    Each batch is centred and reduced to the R factor of [x_c | y_c]; factors merge by a QR of
+    [R_a; R_b; sqrt(n_a n_b / n) (mean_b - mean_a)] (the exact R of the pooled centred rows).
+    Centring removes the intercept column and with it the ill-conditioning of an offset; the
+    solve works on R, whose condition number is that of the centred x, not its square as with
+    normal equations. The minimum-norm W when the tokens do not determine it.
+    """
+
+    def __init__(self, d_in: int) -> None:
+        self.d_in = d_in
+        self.r: torch.Tensor | None = None
+        self.mean: torch.Tensor | None = None
         self.count = 0
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        x1 = torch.cat(
-            [x.reshape(-1, x.shape[-1]).double(), x.new_ones(x[..., :1].numel(), 1, dtype=torch.float64)], 1
-        )
-        y2 = y.reshape(-1, y.shape[-1]).double()
-        self.gram += x1.T @ x1
-        self.cross += x1.T @ y2
-        self.y_sum += y2.sum(dim=0)
-        self.y_sq += (y2 * y2).sum()
-        self.count += y2.shape[0]
+        z = torch.cat([x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])], dim=1).double()
+        rows, mean = z.shape[0], z.mean(dim=0)
+        r = torch.linalg.qr(z - mean, mode="r").R
+        if self.r is None or self.mean is None:
+            self.r, self.mean, self.count = r, mean, rows
+            return
+        total = self.count + rows
+        shift = ((self.count * rows / total) ** 0.5 * (mean - self.mean)).unsqueeze(0)
+        self.r = torch.linalg.qr(torch.cat([self.r, r, shift]), mode="r").R
+        self.mean = self.mean + (mean - self.mean) * (rows / total)
+        self.count = total
 
     def solve(self) -> tuple[AffineMap, float]:
         """The least-squares map and its residual relative to the variance of y."""
-        solution = torch.linalg.lstsq(self.gram, self.cross, driver="gelsd").solution
-        # ||y - x1 P||^2 = ||y||^2 - 2 tr(P^T X1^T y) + tr(P^T G P)
-        residual = self.y_sq - 2 * (solution * self.cross).sum() + (solution * (self.gram @ solution)).sum()
-        total = self.y_sq - (self.y_sum * self.y_sum).sum() / self.count
-        relative = float(residual.clamp_min(0) / total) if total > 0 else 0.0
-        return AffineMap(solution[:-1].float(), solution[-1].float()), relative
+        if self.r is None or self.mean is None:
+            raise ValueError("no rows to fit")
+        d = self.d_in
+        width = self.r.shape[1]
+        r = torch.zeros(width, width, dtype=torch.float64, device=self.r.device)
+        r[: self.r.shape[0]] = self.r[:width]
+        r11, r12, r22 = r[:d, :d], r[:d, d:], r[d:, d:]
+        weight = torch.linalg.pinv(r11) @ r12
+        residual = ((r11 @ weight - r12) ** 2).sum() + (r22 * r22).sum()
+        total = (r12 * r12).sum() + (r22 * r22).sum()  # ||y - mean y||^2
+        bias = self.mean[d:] - self.mean[:d] @ weight
+        relative = float(residual / total) if total > 0 else 0.0
+        return AffineMap(weight.float(), bias.float()), relative
 
 
-def usefulness_scores(
-    evalset: EvalSet, config: UsefulnessConfig, progress: ProgressReporter = NO_PROGRESS
-) -> UsefulnessResult:
-    stack = evalset.stack
-    num_layers = stack.num_layers
-    total = evalset.num_sequences
+class UsefulnessFit(Accumulator):
+    """One pass over the fit sequences: a streaming least-squares fit (h_l -> h_{l+1}) per layer."""
+
+    name = "usefulness fit"
+
+    def __init__(self, stack: LayerStack, first: int, cap: int) -> None:
+        super().__init__(first, cap)
+        self.systems = [StreamingLeastSquares(stack.hidden_size) for _ in range(stack.num_layers)]
+
+    def add(self, batch: Batch) -> None:
+        for layer, system in enumerate(self.systems):
+            system.add(batch.states[layer], batch.states[layer + 1])
+
+    def max_stderr(self) -> float:
+        return math.inf  # the fit uses all its sequences
+
+    def solve(self) -> list[tuple[AffineMap, float]]:
+        return [system.solve() for system in self.systems]
+
+
+class UsefulnessEval(Accumulator):
+    """Per sequence: the summed loss with each layer replaced by its fit, and the baseline's."""
+
+    name = "usefulness"
+
+    def __init__(self, stack: LayerStack, fits: list[tuple[AffineMap, float]], first: int, cap: int) -> None:
+        super().__init__(first, cap)
+        self.stack = stack
+        self.fits = fits
+        self.losses = SequenceSums()  # [n, L + 1]
+        self.loss_count = 0
+
+    def add(self, batch: Batch) -> None:
+        stack = self.stack
+        columns = []
+        with torch.no_grad():
+            for layer, (affine, _) in enumerate(self.fits):
+                h = stack.run(
+                    batch.states[layer], batch.ctx, start=layer, overrides=replace_layer(layer, affine)
+                )
+                columns.append(row_loss_sums(log_probs(stack.head(h)), batch.input_ids))
+        columns.append(batch.row_loss_sums)
+        self.losses.add(torch.stack(columns, dim=1))
+        self.loss_count += batch.loss_count
+        num_layers = stack.num_layers
+        self.count(batch, layer=num_layers * (num_layers - 1) // 2, head=num_layers)
+
+    def ratios(self) -> Scored:
+        losses = self.losses.array()
+        return ratio_of_sums(losses[:, :-1], losses[:, -1:])
+
+    def max_stderr(self) -> float:
+        return float(self.ratios().stderr.max())
+
+    def result(self, config: UsefulnessConfig, fit_sequences: int) -> UsefulnessResult:
+        ratios = self.ratios()
+        totals = self.losses.array().sum(axis=0)
+        baseline = float(totals[-1] / self.loss_count)
+        layers = []
+        for layer, (_, residual) in enumerate(self.fits):
+            loss = float(totals[layer] / self.loss_count)
+            ratio = float(ratios.value[layer])
+            layers.append(
+                LayerUsefulness(
+                    layer,
+                    loss,
+                    ratio,
+                    loss - baseline,
+                    ratio > config.threshold,
+                    residual,
+                    float(ratios.stderr[layer]),
+                )
+            )
+        return UsefulnessResult(
+            baseline_loss=baseline,
+            threshold=config.threshold,
+            held_out_fit=config.held_out_fit,
+            fit_sequences=fit_sequences,
+            eval_sequences=self.sequences,
+            layers=layers,
+            unresolved=unresolved_pairs(ratios),
+        )
+
+
+def usefulness_ranges(config: UsefulnessConfig, total: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """([first, stop) of the fit sequences, [first, stop) of the evaluated ones) among ``total``."""
     cap = total if config.eval_max_sequences is None else config.eval_max_sequences
     if config.held_out_fit:
         split = int(round(total * config.fit_fraction))
         if not 0 < split < total:
             raise ValueError(f"held-out fit needs at least 2 sequences, got {total}")
-        fit_range, eval_range = (0, split), (split, min(total, split + cap))
-    else:
-        fit_range, eval_range = (0, total), (0, min(total, cap))
+        return (0, split), (split, min(total, split + cap))
+    return (0, total), (0, min(total, cap))
 
-    systems = [NormalEquations(stack.hidden_size) for _ in range(num_layers)]
-    with progress.task("usefulness fit", evalset.num_batches(*fit_range)) as advance:
-        for batch in evalset.batches(*fit_range):
-            for layer, system in enumerate(systems):
-                system.add(batch.states[layer], batch.states[layer + 1])
-            advance()
-    fits = [system.solve() for system in systems]
 
-    baseline = evalset.baseline_loss(*eval_range)
-    loss_sums = [0.0] * num_layers
-    count = 0
-    with (
-        torch.no_grad(),
-        progress.task("usefulness", evalset.num_batches(*eval_range) * num_layers) as advance,
-    ):
-        for batch in evalset.batches(*eval_range):
-            count += batch.loss_count
-            for layer, (affine, _) in enumerate(fits):
-                h = stack.run(
-                    batch.states[layer], batch.ctx, start=layer, overrides=replace_layer(layer, affine)
-                )
-                loss_sums[layer] += loss_sum_from(stack, h, batch.input_ids)
-                advance()
-    layers = []
-    for layer, ((_, residual), loss_sum) in enumerate(zip(fits, loss_sums)):
-        loss = loss_sum / count
-        ratio = loss / baseline
-        layers.append(
-            LayerUsefulness(layer, loss, ratio, loss - baseline, ratio > config.threshold, residual)
-        )
-    return UsefulnessResult(
-        baseline_loss=baseline,
-        threshold=config.threshold,
-        held_out_fit=config.held_out_fit,
-        fit_sequences=fit_range[1] - fit_range[0],
-        eval_sequences=eval_range[1] - eval_range[0],
-        layers=layers,
-    )
+def usefulness_scores(
+    evalset: EvalSet,
+    config: UsefulnessConfig,
+    progress: ProgressReporter = NO_PROGRESS,
+    sampling: SamplingConfig | None = None,
+) -> UsefulnessResult:
+    stack = evalset.stack
+    (fit_lo, fit_hi), (eval_lo, eval_hi) = usefulness_ranges(config, evalset.num_sequences)
+    fit = UsefulnessFit(stack, fit_lo, fit_hi - fit_lo)
+    feed(evalset, [fit], None, progress, "usefulness fit")
+    evaluation = UsefulnessEval(stack, fit.solve(), eval_lo, eval_hi - eval_lo)
+    feed(evalset, [evaluation], sampling, progress, "usefulness")
+    return evaluation.result(config, fit.sequences)

@@ -16,7 +16,9 @@ VOCAB = 40
 class ToyStack(LayerStack):
     """Layers are plain functions of h (token-wise or not); embed/unembed are fixed random matrices."""
 
-    def __init__(self, layers: Sequence[Callable[[torch.Tensor], torch.Tensor]], hidden: int, seed: int = 0) -> None:
+    def __init__(
+        self, layers: Sequence[Callable[[torch.Tensor], torch.Tensor]], hidden: int, seed: int = 0
+    ) -> None:
         gen = torch.Generator().manual_seed(seed)
         self.layers = list(layers)
         self.embedding = torch.randn(VOCAB, hidden, generator=gen)
@@ -153,7 +155,9 @@ class HFReference:
         layers = model.model.layers
         states: list[torch.Tensor] = []
         handles = [layers[0].register_forward_pre_hook(lambda m, args: states.append(args[0].detach()))]
-        handles += [layer.register_forward_hook(lambda m, a, out: states.append(out.detach())) for layer in layers]
+        handles += [
+            layer.register_forward_hook(lambda m, a, out: states.append(out.detach())) for layer in layers
+        ]
         with torch.no_grad():
             model(input_ids=ids)
         for handle in handles:

@@ -99,16 +99,20 @@ def test_all_writes_the_report_and_matches_the_api(workdir):
             split="50,50,0",
         )
     )
-    # the CLI's output-distribution metrics use the first --loss-samples (default 4) sequences
-    direct = permutation_scores(EvalSet(stack, tokens, 4), PermutationConfig(max_sequences=4))
+    # each metric used the first k sequences of the draw, k reported per metric
+    used = results["samples"]["permutation"]
+    assert 2 <= used <= 6 and results["data"]["samples_used"] == results["samples"]
+    direct = permutation_scores(EvalSet(stack, tokens, 4), PermutationConfig(max_sequences=used))
     with (out / "permutation.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [float(r["score"]) for r in rows] == pytest.approx([p.score for p in direct.pairs], rel=1e-5)
     assert results["permutation"]["global"]["permutation_score_mean"] == pytest.approx(
         direct.global_metrics()["permutation_score_mean"], rel=1e-5
     )
+    assert [float(r["score_stderr"]) for r in rows] == pytest.approx([p.stderr for p in direct.pairs], rel=1e-5)
     summary = (out / "summary.md").read_text()
     assert "usefulness_score" in summary and "![jacobian.png](jacobian.png)" in summary
+    assert "## Layer orders not resolved" in summary and "| permutation |" in summary
     assert not list(workdir.glob(".report.tmp-*"))
 
 
@@ -130,14 +134,21 @@ def test_mlflow_run_nested_under_a_training_run(workdir, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(tracking_uri=uri)
     parent = client.create_run(client.create_experiment("training")).info.run_id
-    assert main(args(workdir, "usefulness", "nested", "--mlflow-run-id", parent, "--usefulness-threshold", "1.01")) == 0
+    assert (
+        main(
+            args(workdir, "usefulness", "nested", "--mlflow-run-id", parent, "--usefulness-threshold", "1.01")
+        )
+        == 0
+    )
     children = client.search_runs(
         [client.get_run(parent).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
     )
     assert len(children) == 1
     child = children[0]
     results = json.loads((workdir / "nested" / "results.json").read_text())
-    assert child.data.metrics["usefulness_score"] == pytest.approx(results["usefulness"]["global"]["usefulness_score"])
+    assert child.data.metrics["usefulness_score"] == pytest.approx(
+        results["usefulness"]["global"]["usefulness_score"]
+    )
     assert child.data.params["arguments.usefulness_threshold"] == "1.01"
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
     assert {"results.json", "usefulness.csv", "usefulness.png", "summary.md"} <= artifacts
@@ -160,7 +171,15 @@ def test_bad_options_give_one_line_errors(workdir, capsys, extra, message):
 def test_missing_model_via_the_tool_is_one_line_without_traceback(workdir):
     tool = Path(__file__).resolve().parents[2] / "tools" / "analyze_depth.py"
     proc = subprocess.run(
-        [sys.executable, str(tool), "causal", "--hf-model", str(workdir / "nope"), "--output-dir", str(workdir / "o")],
+        [
+            sys.executable,
+            str(tool),
+            "causal",
+            "--hf-model",
+            str(workdir / "nope"),
+            "--output-dir",
+            str(workdir / "o"),
+        ],
         capture_output=True,
         text=True,
     )

@@ -50,7 +50,9 @@ def test_indexed_chunks_come_from_the_valid_documents_only(tmp_path):
     assert all(s % 6 == 0 for s in starts) and len(set(starts)) == 4  # distinct aligned chunks
     again, _ = load_eval_tokens(config)
     assert torch.equal(tokens, again)
-    other, _ = load_eval_tokens(DataConfig(data_prefix=prefix, num_samples=4, seq_length=6, seed=4, split="80,20,0"))
+    other, _ = load_eval_tokens(
+        DataConfig(data_prefix=prefix, num_samples=4, seq_length=6, seed=4, split="80,20,0")
+    )
     assert not torch.equal(tokens, other)
 
 
@@ -64,7 +66,11 @@ def test_text_file_with_tokenizer(tmp_path):
     tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=60, special_tokens=["[UNK]"]))
     tok.save(str(tmp_path / "tokenizer.json"))
     config = DataConfig(
-        text_file=str(tmp_path / "text.txt"), tokenizer=str(tmp_path), num_samples=3, seq_length=5, split="50,50,0"
+        text_file=str(tmp_path / "text.txt"),
+        tokenizer=str(tmp_path),
+        num_samples=3,
+        seq_length=5,
+        split="50,50,0",
     )
     tokens, _ = load_eval_tokens(config)
     stream = np.concatenate([tok.encode(line).ids for line in lines[10:]])

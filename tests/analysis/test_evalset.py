@@ -13,7 +13,7 @@ def test_ranges_cache_and_baseline(tiny_hf_model, hf_reference, token_ids):
     model = tiny_hf_model("llama")
     ids = token_ids(5, 6)
     evalset = EvalSet(HFLayerStack(model), ids, batch_size=2)
-    assert evalset.caches_states and evalset.num_batches() == 3 and evalset.num_batches(1, 4) == 2
+    assert evalset.num_batches() == 3 and evalset.num_batches(1, 4) == 2
     parts = list(evalset.batches(1, 4))
     assert [p.input_ids.shape[0] for p in parts] == [1, 2]
     assert torch.equal(torch.cat([p.input_ids for p in parts]), ids[1:4])
@@ -28,7 +28,15 @@ def test_no_cache_when_over_budget(toy_stack, token_ids):
     evalset = EvalSet(toy_stack([lambda h: h], hidden=4), token_ids(2, 3), 1, cache_bytes=10)
     list(evalset.batches())
     list(evalset.batches())
-    assert not evalset.caches_states and evalset.forwards_run == 4
+    assert evalset.forwards_run == 4
+
+
+def test_cache_keeps_the_first_batches_that_fit(toy_stack, token_ids):
+    one_batch = 2 * 3 * 4 * 4  # two states of [1, 3, 4] fp32
+    evalset = EvalSet(toy_stack([lambda h: h], hidden=4), token_ids(3, 3), 1, cache_bytes=2 * one_batch)
+    list(evalset.batches())
+    list(evalset.batches())
+    assert evalset.forwards_run == 4  # batches 0 and 1 cached, batch 2 recomputed
 
 
 def test_rejects_bad_input(toy_stack, token_ids):

@@ -30,7 +30,9 @@ def naive_jacobians(evalset: EvalSet, layer: int) -> tuple[torch.Tensor, torch.T
     blocks, tokens = [], 0
     for batch in evalset.batches():
         x = batch.states[layer]
-        full = torch.autograd.functional.jacobian(lambda h: stack.layer_forward(layer, h, batch.ctx), x).double()
+        full = torch.autograd.functional.jacobian(
+            lambda h: stack.layer_forward(layer, h, batch.ctx), x
+        ).double()
         b, s, _ = x.shape
         for row in range(b):
             block = full[row, :, :, row]  # [t', i, t, j]
@@ -91,14 +93,18 @@ def test_probe_products_match_naive_contractions(tiny_hf_model, token_ids):
     torch.testing.assert_close(cross_token_vjp_sums(y, x, probes), expected_cross, rtol=1e-5, atol=1e-6)
     sig = signs.double()
     expected_position = torch.einsum("kbt,ki,btiBTj,kBT->kj", sig, probes.double(), full, sig)
-    torch.testing.assert_close(position_vjp_sums(y, x, probes, signs), expected_position, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        position_vjp_sums(y, x, probes, signs), expected_position, rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("mode", ["exact", "randomized"])
 def test_affine_layers_give_their_matrix(mode, toy_stack, random_affine_layers, token_ids):
     layers = random_affine_layers(2, 8)
     stack = toy_stack([lambda h, m=m, c=c: h @ m + c for m, c in layers], hidden=8)
-    result = jacobian_scores(EvalSet(stack, token_ids(2, 4), 2), JacobianConfig(mode=mode, num_probes=400, seed=1))
+    result = jacobian_scores(
+        EvalSet(stack, token_ids(2, 4), 2), JacobianConfig(mode=mode, num_probes=400, seed=1)
+    )
     for entry in result.layers:
         ref = reference_scores(layers[entry.layer][0].T.double())  # y = x M + c has dy_i/dx_j = M[j, i]
         for name in FIELDS:

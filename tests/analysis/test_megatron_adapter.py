@@ -36,9 +36,17 @@ def _perturbed(model):
 
 
 def test_stack_reproduces_the_model_forward(world):
-    cfg = ModelConfig(num_layers=3, hidden_size=32, num_attention_heads=4, group_query_attention=True,
-                      num_query_groups=2, num_experts=4, moe_ffn_hidden_size=32, seq_length=16,
-                      layernorm_scaling=True)
+    cfg = ModelConfig(
+        num_layers=3,
+        hidden_size=32,
+        num_attention_heads=4,
+        group_query_attention=True,
+        num_query_groups=2,
+        num_experts=4,
+        moe_ffn_hidden_size=32,
+        seq_length=16,
+        layernorm_scaling=True,
+    )
     model = _perturbed(build_gpt_model(cfg, 128, ParallelConfig()))
     stack = MegatronLayerStack(model)
     ids = torch.randint(0, 128, (2, 16))
@@ -50,12 +58,22 @@ def test_stack_reproduces_the_model_forward(world):
 
 
 def test_megatron_and_hf_twin_give_the_same_scores(world):
-    cfg = ModelConfig(num_layers=4, hidden_size=32, num_attention_heads=4, group_query_attention=True,
-                      num_query_groups=2, ffn_hidden_size=64, seq_length=16, rotary_base=10000)
+    cfg = ModelConfig(
+        num_layers=4,
+        hidden_size=32,
+        num_attention_heads=4,
+        group_query_attention=True,
+        num_query_groups=2,
+        ffn_hidden_size=64,
+        seq_length=16,
+        rotary_base=10000,
+    )
     model = _perturbed(build_gpt_model(cfg, 128, ParallelConfig()))
     twin = HFLayerStack(to_llama(model, cfg.rotary_base))
     ids = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
-    suite = SuiteConfig(metrics=("usefulness", "causal", "permutation", "logit-lens", "variance", "similarity"))
+    suite = SuiteConfig(
+        metrics=("usefulness", "causal", "permutation", "logit-lens", "variance", "similarity")
+    )
     meg = run_suite(EvalSet(MegatronLayerStack(model), ids, batch_size=2), suite).global_metrics()
     hf = run_suite(EvalSet(twin, ids, batch_size=2), suite).global_metrics()
     assert meg.keys() == hf.keys() and len(meg) > 5
@@ -65,8 +83,14 @@ def test_megatron_and_hf_twin_give_the_same_scores(world):
 
 def test_pipeline_parallel_checkpoint_loads_single_rank(tmp_path, builtin_dataset):
     ckpt = tmp_path / "ckpt"
-    train(tmp_path, "pp2", TINY_MOE + SCHEDULE + ["--train-iters", "2", "--save", str(ckpt),
-                                                  "--pipeline-model-parallel-size", "2"], nproc=2)
+    train(
+        tmp_path,
+        "pp2",
+        TINY_MOE
+        + SCHEDULE
+        + ["--train-iters", "2", "--save", str(ckpt), "--pipeline-model-parallel-size", "2"],
+        nproc=2,
+    )
     stack, data_defaults, _ = load_megatron_stack(ckpt)
     assert stack.num_layers == 4 and stack.describe()["iteration"] == 2
     assert data_defaults["data_prefix"] == builtin_dataset.data_prefix
@@ -78,6 +102,7 @@ def test_pipeline_parallel_checkpoint_loads_single_rank(tmp_path, builtin_datase
     from megatron_cod.config import ExperimentConfig
     import yaml
     from megatron_cod.training.checkpoint import resolve_checkpoint
+
     cfg = ExperimentConfig.from_dict(yaml.safe_load((resolve_checkpoint(ckpt) / "config.yaml").read_text()))
     platform.seed_everything(cfg.train.seed)
     fresh = build_gpt_model(cfg.model, 4096, ParallelConfig())
@@ -86,7 +111,9 @@ def test_pipeline_parallel_checkpoint_loads_single_rank(tmp_path, builtin_datase
     assert len(changed) == len(trained)
 
 
-def test_cli_all_on_a_training_checkpoint_nests_under_the_training_run(tmp_path, builtin_dataset, monkeypatch):
+def test_cli_all_on_a_training_checkpoint_nests_under_the_training_run(
+    tmp_path, builtin_dataset, monkeypatch
+):
     import json
 
     from mlflow.tracking import MlflowClient
@@ -96,19 +123,40 @@ def test_cli_all_on_a_training_checkpoint_nests_under_the_training_run(tmp_path,
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     ckpt = tmp_path / "ckpt"
     args = [a for a in SCHEDULE if a != "--no-mlflow"]
-    train(tmp_path, "trained", TINY_MOE + args + ["--train-iters", "2", "--save", str(ckpt)],
-          env={"MLFLOW_TRACKING_URI": uri})
+    train(
+        tmp_path,
+        "trained",
+        TINY_MOE + args + ["--train-iters", "2", "--save", str(ckpt)],
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     out = tmp_path / "report"
-    assert main(["all", "--checkpoint", str(ckpt), "--output-dir", str(out), "--num-samples", "4",
-                 "--batch-size", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "all",
+                "--checkpoint",
+                str(ckpt),
+                "--output-dir",
+                str(out),
+                "--num-samples",
+                "4",
+                "--batch-size",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     assert results["model"]["adapter"] == "megatron" and results["model"]["iteration"] == 2
     assert "usefulness" in results and "causal" in results
     assert (out / "summary.md").is_file() and (out / "causal_matrix.png").is_file()
     client = MlflowClient(tracking_uri=uri)
-    (training,) = client.search_runs([client.get_experiment_by_name("megatron_cod").experiment_id],
-                                     "attributes.run_name = 'trained'")
-    children = client.search_runs([training.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{training.info.run_id}'")
+    (training,) = client.search_runs(
+        [client.get_experiment_by_name("megatron_cod").experiment_id], "attributes.run_name = 'trained'"
+    )
+    children = client.search_runs(
+        [training.info.experiment_id], f"tags.mlflow.parentRunId = '{training.info.run_id}'"
+    )
     assert len(children) == 1 and any(k.startswith("usefulness") for k in children[0].data.metrics)

@@ -8,7 +8,11 @@ import math
 import pytest
 import torch
 
-from megatron_cod.analysis.probe_estimators import exact_identity_distance, jackknife, randomized_identity_distance
+from megatron_cod.analysis.probe_estimators import (
+    exact_identity_distance,
+    jackknife,
+    randomized_identity_distance,
+)
 
 
 def all_sign_vectors(d: int) -> torch.Tensor:

@@ -23,7 +23,9 @@ def test_matches_direct_formulas(tiny_hf_model, hf_reference, token_ids):
     for l in range(3):
         update = (h[l + 1] - h[l]).pow(2).sum(-1).sqrt()
         assert result.update_norm[l] == pytest.approx(float(update.mean()), rel=1e-5)
-        assert result.relative_update[l] == pytest.approx(float((update / h[l].pow(2).sum(-1).sqrt()).mean()), rel=1e-5)
+        assert result.relative_update[l] == pytest.approx(
+            float((update / h[l].pow(2).sum(-1).sqrt()).mean()), rel=1e-5
+        )
     with torch.no_grad():
         normed = model.model.norm(h[-1])
     assert result.final_norm_variance == pytest.approx(float(normed.var(-1).mean()), rel=1e-5)

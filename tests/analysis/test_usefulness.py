@@ -7,7 +7,7 @@ import torch
 
 from megatron_cod.analysis.evalset import EvalSet
 from megatron_cod.analysis.hf_adapter import HFLayerStack
-from megatron_cod.analysis.usefulness import NormalEquations, UsefulnessConfig, usefulness_scores
+from megatron_cod.analysis.usefulness import StreamingLeastSquares, UsefulnessConfig, usefulness_scores
 
 
 def test_affine_layers_are_reproduced_exactly(toy_stack, random_affine_layers, token_ids):
@@ -21,11 +21,11 @@ def test_affine_layers_are_reproduced_exactly(toy_stack, random_affine_layers, t
     assert result.score == 0.0
 
 
-def test_normal_equations_match_lstsq_on_the_stacked_data():
+def test_streaming_fit_matches_lstsq_on_the_stacked_data():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 20, 5, generator=gen)
     y = torch.tanh(x @ torch.randn(5, 5, generator=gen)) + 0.3
-    system = NormalEquations(5)
+    system = StreamingLeastSquares(5)
     system.add(x[:1], y[:1])
     system.add(x[1:], y[1:])
     affine, residual = system.solve()
@@ -60,7 +60,9 @@ def test_matches_naive_replacement_through_hf_forward(held_out, cap, tiny_hf_mod
         with torch.no_grad():  # nn.Linear computes h W^T + b, so the weight is the transposed fit
             linear.weight.copy_(p[:-1].T)
             linear.bias.copy_(p[-1])
-        restore = hf_reference.with_layers(model, layers[:l] + [hf_reference.function(linear)] + layers[l + 1 :])
+        restore = hf_reference.with_layers(
+            model, layers[:l] + [hf_reference.function(linear)] + layers[l + 1 :]
+        )
         try:
             loss = hf_reference.loss(model, eval_ids)
         finally:
@@ -75,3 +77,27 @@ def test_held_out_fit_needs_two_sequences(toy_stack, token_ids):
     stack = toy_stack([lambda h: h], hidden=4)
     with pytest.raises(ValueError, match="at least 2"):
         usefulness_scores(EvalSet(stack, token_ids(1, 4), 1), UsefulnessConfig(held_out_fit=True))
+
+
+def test_streaming_fit_is_stable_on_an_ill_conditioned_case():
+    """An offset and two nearly collinear inputs (cond [x, 1] ~ 3e10): normal equations square that."""
+    gen = torch.Generator().manual_seed(0)
+    d = 6
+    mix = torch.eye(d, dtype=torch.float64)
+    mix[1] = mix[0] + 1e-4 * mix[1]
+    x = (1e3 + torch.randn(4, 50, d, generator=gen, dtype=torch.float64) @ mix).float()
+    y = x.double() @ torch.randn(d, d, generator=gen, dtype=torch.float64)
+    y = (y + 0.01 * torch.randn(4, 50, d, generator=gen, dtype=torch.float64)).float()
+    x1 = torch.cat([x.reshape(-1, d).double(), torch.ones(200, 1, dtype=torch.float64)], 1)
+    assert torch.linalg.cond(x1) > 1e10
+    reference = torch.linalg.lstsq(x1, y.reshape(-1, d).double(), driver="gelsd").solution
+    system = StreamingLeastSquares(d)
+    for i in range(4):
+        system.add(x[i : i + 1], y[i : i + 1])
+    affine, residual = system.solve()
+    error = (affine.weight.double() - reference[:-1]).abs().max() / reference[:-1].abs().max()
+    assert error < 1e-5
+    fitted = x1 @ reference
+    yy = y.reshape(-1, d).double()
+    expected = float(((yy - fitted) ** 2).sum() / ((yy - yy.mean(0)) ** 2).sum())
+    assert residual == pytest.approx(expected, rel=1e-4)
