@@ -1,9 +1,11 @@
 """Wall time of the full depth-analysis suite (`cod-analyze all`) with its default settings.
 
 A random-init 16-layer Llama (hidden 256, 4 heads, FFN 688, vocab 4096) saved as an HF directory,
-64 x 512 evaluation tokens drawn from a Megatron indexed dataset of random tokens, report and
-MLflow logging (to a temporary sqlite store) included. Prints the per-step breakdown from
-results.json; the last line is RESULT analysis_suite_seconds=<value>.
+evaluation sequences of 512 tokens drawn from a Megatron indexed dataset of random tokens (the
+default draw: the paper's 100), default adaptive sampling (--target-se), report and MLflow logging
+(to a temporary sqlite store) included. Prints the per-step breakdown, the sequences each metric
+used, the work counted and the peak RSS. Last lines:
+RESULT analysis_overhead_ratio=<suite time / work floor> and RESULT analysis_suite_seconds=<s>.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -60,7 +63,6 @@ def main() -> None:
             "--hf-model", str(model),
             "--data-prefix", prefix,
             "--split", "50,50,0",
-            "--num-samples", "64",
             "--seq-length", "512",
             "--output-dir", str(root / "report"),
             "--quiet",
@@ -72,19 +74,21 @@ def main() -> None:
         if code != 0:
             raise SystemExit(f"cod-analyze failed with exit code {code}")
         results = json.loads((root / "report" / "results.json").read_text())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}"
+    )
     print("cod-analyze all " + " ".join(argv[1:]))
     for step, seconds in results["seconds"].items():
         print(f"  {step:<12} {seconds:7.1f} s")
     print(f"  {'wall (cli)':<12} {elapsed:7.1f} s")
-    layers = results["model"]["num_layers"]
-    causal_reuse = sum(layers - s for s in range(layers))
-    pairs = [(a, b) for a in range(layers) for b in range(a + 1, layers)]
-    permutation_reuse = sum(layers - a for a, _ in pairs)
-    print(
-        f"prefix reuse (layer forwards per batch): causal {causal_reuse} instead of {layers * layers}, "
-        f"permutation {permutation_reuse} instead of {len(pairs) * layers}"
-    )
+    print("sequences used: " + ", ".join(f"{k} {v}" for k, v in results["samples"].items()))
+    work = results["work"]
+    costs = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in work["seconds_per_unit"].items())
+    print(f"work units (per sequence): {work['units']}; unit costs per sequence: {costs}")
+    print(f"work floor {work['floor_seconds']:.1f} s, suite {results['seconds']['total']:.1f} s")
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"peak RSS {peak_kib / 2**20:.2f} GiB")
+    print(f"RESULT analysis_overhead_ratio={work['overhead_ratio']:.3f}")
     print(f"RESULT analysis_suite_seconds={elapsed:.1f}")
 
 

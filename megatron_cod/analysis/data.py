@@ -131,9 +131,11 @@ def load_eval_tokens(config: DataConfig) -> tuple[torch.Tensor, dict[str, Any]]:
     if config.data_prefix is not None:
         stream = _indexed_stream(config.data_prefix, config.split, config.split_part)
         source = {"data_prefix": config.data_prefix}
-    else:
+    elif config.text_file is not None and config.tokenizer is not None:
         stream = _text_stream(config.text_file, config.tokenizer, config.split, config.split_part)
         source = {"text_file": config.text_file, "tokenizer": config.tokenizer}
+    else:  # DataConfig validates this at construction
+        raise AnalysisError("--text-file needs --tokenizer")
     total = int(stream.lengths.sum())
     num_chunks = total // config.seq_length
     if num_chunks < config.num_samples:

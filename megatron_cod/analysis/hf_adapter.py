@@ -36,7 +36,7 @@ class HFLayerStack(LayerStack):
     """Wraps a ``*ForCausalLM`` with ``model.model.layers``; puts it in fp32 eval mode, frozen."""
 
     def __init__(self, model: PreTrainedModel, source: str | None = None) -> None:
-        decoder = getattr(model, "model", None)
+        decoder: Any = getattr(model, "model", None)
         layers = getattr(decoder, "layers", None)
         if not isinstance(layers, nn.ModuleList) or not hasattr(decoder, "rotary_emb"):
             raise AnalysisError(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from megatron_cod.analysis.adapter import LayerStack
+from megatron_cod.analysis.errors import AnalysisError
 from megatron_cod.analysis.hf_adapter import load_hf_stack
 
 
@@ -23,6 +24,8 @@ class LoadedModel:
 def load_model(hf_model: str | None, checkpoint: str | None) -> LoadedModel:
     if hf_model is not None:
         return LoadedModel(load_hf_stack(hf_model))
+    if checkpoint is None:
+        raise AnalysisError("give --hf-model DIR or --checkpoint DIR")
     from megatron_cod.analysis.megatron_adapter import load_megatron_stack
 
     stack, defaults, run_id = load_megatron_stack(checkpoint)

@@ -63,7 +63,7 @@ def create_run(
     try:
         tags = {run_tags.KIND: kind}
         parent = _find_run(client, parent_run_id, parent_required)
-        if parent is not None:
+        if parent is not None and parent_run_id is not None:
             experiment_id = parent.info.experiment_id
             tags[run_tags.PARENT_RUN] = parent_run_id
         else:

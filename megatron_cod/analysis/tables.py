@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -129,8 +130,8 @@ def permutation_tables(result: PermutationResult) -> dict[str, Table]:
 
 def similarity_tables(result: SimilarityResult) -> dict[str, Table]:
     n = len(result.block_influence)
-    bi_se = result.block_influence_stderr or [None] * n
-    bi_last_se = result.block_influence_last_stderr or [None] * n
+    bi_se: list[float | None] = list(result.block_influence_stderr) or [None] * n
+    bi_last_se: list[float | None] = list(result.block_influence_last_stderr) or [None] * n
     ang_se = result.angular_all_stderr if result.angular_all_stderr is not None else np.full((n, n), np.nan)
     ang_last_se = (
         result.angular_last_stderr if result.angular_last_stderr is not None else np.full((n, n), np.nan)
@@ -203,7 +204,7 @@ def residual_tables(result: ResidualResult) -> dict[str, Table]:
     return {"residual_profile": (header, rows)}
 
 
-TABLES = {
+TABLES: dict[str, Callable[[Any], dict[str, Table]]] = {
     "jacobian": jacobian_tables,
     "usefulness": usefulness_tables,
     "causal": causal_tables,

@@ -109,7 +109,9 @@ def test_all_writes_the_report_and_matches_the_api(workdir):
     assert results["permutation"]["global"]["permutation_score_mean"] == pytest.approx(
         direct.global_metrics()["permutation_score_mean"], rel=1e-5
     )
-    assert [float(r["score_stderr"]) for r in rows] == pytest.approx([p.stderr for p in direct.pairs], rel=1e-5)
+    assert [float(r["score_stderr"]) for r in rows] == pytest.approx(
+        [p.stderr for p in direct.pairs], rel=1e-5
+    )
     summary = (out / "summary.md").read_text()
     assert "usefulness_score" in summary and "![jacobian.png](jacobian.png)" in summary
     assert "## Layer orders not resolved" in summary and "| permutation |" in summary

@@ -8,6 +8,7 @@
 
 import pytest
 import torch
+from training_launch import SCHEDULE, TINY_MOE, train
 
 from megatron_cod import platform
 from megatron_cod.analysis.evalset import EvalSet
@@ -17,8 +18,6 @@ from megatron_cod.analysis.suite import SuiteConfig, run_suite
 from megatron_cod.config import ModelConfig, ParallelConfig
 from megatron_cod.export import to_llama
 from megatron_cod.models import build_gpt_model
-
-from training_launch import SCHEDULE, TINY_MOE, train
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +98,9 @@ def test_pipeline_parallel_checkpoint_loads_single_rank(tmp_path, builtin_datase
     logits = stack.head(stack.capture_states(ids, stack.prepare(ids))[-1])
     assert logits.shape == (1, 8, 4096) and torch.isfinite(logits).all()
     # the weights are the trained ones, not a fresh initialisation from the same seed
-    from megatron_cod.config import ExperimentConfig
     import yaml
+
+    from megatron_cod.config import ExperimentConfig
     from megatron_cod.training.checkpoint import resolve_checkpoint
 
     cfg = ExperimentConfig.from_dict(yaml.safe_load((resolve_checkpoint(ckpt) / "config.yaml").read_text()))
