@@ -85,3 +85,19 @@ def test_hf_adapter_rejects_models_without_layer_list():
 
     with pytest.raises(AnalysisError, match="model.model.layers"):
         HFLayerStack(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_metrics_run_on_the_model_device(tiny_hf_model, token_ids):
+    from megatron_cod.analysis.evalset import EvalSet
+    from megatron_cod.analysis.suite import SuiteConfig, run_suite
+
+    ids = token_ids(4, 8)
+    suite = SuiteConfig(
+        metrics=("jacobian", "usefulness", "causal", "permutation", "similarity", "logit-lens")
+    )
+    cpu = run_suite(EvalSet(HFLayerStack(tiny_hf_model("llama")), ids, 2), suite).global_metrics()
+    gpu = run_suite(EvalSet(HFLayerStack(tiny_hf_model("llama").cuda()), ids, 2), suite).global_metrics()
+    assert cpu.keys() == gpu.keys()
+    for key in cpu:
+        assert gpu[key] == pytest.approx(cpu[key], rel=1e-3, abs=1e-4), key

@@ -6,6 +6,7 @@
 - a training checkpoint saved with pipeline parallelism loads single-rank for analysis.
 """
 
+import numpy as np
 import pytest
 import torch
 from training_launch import SCHEDULE, TINY_MOE, train
@@ -160,3 +161,39 @@ def test_cli_all_on_a_training_checkpoint_nests_under_the_training_run(
         [training.info.experiment_id], f"tags.mlflow.parentRunId = '{training.info.run_id}'"
     )
     assert len(children) == 1 and any(k.startswith("usefulness") for k in children[0].data.metrics)
+
+
+def test_tied_embeddings_unembed_with_the_shared_weight(world):
+    cfg = ModelConfig(
+        num_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        ffn_hidden_size=64,
+        seq_length=16,
+        untie_embeddings_and_output_weights=False,
+    )
+    model = _perturbed(build_gpt_model(cfg, 128, ParallelConfig()))
+    stack = MegatronLayerStack(model)
+    ids = torch.randint(0, 128, (2, 16))
+    with torch.no_grad():
+        ref = model(ids, torch.arange(16).unsqueeze(0).expand(2, -1), None)
+    torch.testing.assert_close(
+        stack.head(stack.capture_states(ids, stack.prepare(ids))[-1]), ref, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_moe_without_z_loss_gives_finite_metrics(world):
+    cfg = ModelConfig(
+        num_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_experts=4,
+        moe_ffn_hidden_size=32,
+        seq_length=16,
+        moe_z_loss_coeff=0.0,
+    )
+    stack = MegatronLayerStack(_perturbed(build_gpt_model(cfg, 128, ParallelConfig())))
+    ids = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    suite = SuiteConfig(metrics=("jacobian", "usefulness", "causal", "logit-lens"))
+    metrics = run_suite(EvalSet(stack, ids, batch_size=2), suite).global_metrics()
+    assert metrics and all(np.isfinite(v) for v in metrics.values())

@@ -15,13 +15,10 @@ from megatron_cod.analysis.stats import ratio_of_sums, unresolved_pairs
 from megatron_cod.analysis.usefulness import UsefulnessConfig, usefulness_scores
 
 
-def _nonlinear_layers(num: int, d: int, identity: int | None = None, seed: int = 0) -> list:
+def _nonlinear_layers(num: int, d: int, seed: int = 0) -> list:
     gen = torch.Generator().manual_seed(seed)
     weights = [torch.randn(d, d, generator=gen) for _ in range(num)]
-    return [
-        (lambda h: h) if l == identity else (lambda h, w=w: h + torch.tanh(h @ w))
-        for l, w in enumerate(weights)
-    ]
+    return [lambda h, w=w: h + torch.tanh(h @ w) for w in weights]
 
 
 def test_logit_lens_stderr_is_the_std_of_per_sequence_means(toy_stack, token_ids):
@@ -65,20 +62,25 @@ def test_permutation_stderr_is_the_leave_one_sequence_out_jackknife(tiny_hf_mode
 def test_paired_differences_decide_which_layer_orders_are_resolved():
     rng = np.random.default_rng(0)
     difficulty = rng.normal(10, 3, size=(50, 1))  # shared by all layers: cancels in differences
-    losses = difficulty * np.array([1.0, 1.2, 1.201]) + rng.normal(0, 0.01, size=(50, 3))
+    losses = difficulty * np.array([1.0, 1.2, 1.20005]) + rng.normal(0, 0.01, size=(50, 3))
     scored = ratio_of_sums(losses, difficulty)
     assert unresolved_pairs(scored) == [(1, 2)]
 
 
-def test_adaptive_sampling_resolves_a_useless_layer_early(toy_stack, token_ids):
-    stack = toy_stack(_nonlinear_layers(4, 6, identity=2), hidden=6)
-    evalset = EvalSet(stack, token_ids(40, 8), 4)
-    config = UsefulnessConfig()
-    early = usefulness_scores(evalset, config, sampling=SamplingConfig(target_se=0.05, min_samples=4))
-    ratios = [layer.loss_ratio for layer in early.layers]
-    assert int(np.argmin(ratios)) == 2 and ratios[2] == pytest.approx(1.0, abs=1e-4)
+def test_adaptive_sampling_stops_when_resolved_and_at_the_cap(tiny_hf_model, token_ids):
+    model = tiny_hf_model("llama")
+    with torch.no_grad():  # layer 1 made useless: both branches write zero (an identity layer)
+        model.model.layers[1].self_attn.o_proj.weight.zero_()
+        model.model.layers[1].mlp.down_proj.weight.zero_()
+    evalset = EvalSet(HFLayerStack(model), token_ids(40, 8), 4)
+    early = usefulness_scores(
+        evalset, UsefulnessConfig(), sampling=SamplingConfig(target_se=0.05, min_samples=4)
+    )
     assert early.eval_sequences < 40
-    assert all(2 not in pair for pair in early.unresolved)
     assert all(layer.loss_ratio_stderr <= 0.05 for layer in early.layers)
-    capped = usefulness_scores(evalset, config, sampling=SamplingConfig(target_se=1e-12, min_samples=4))
+    useless = early.layers[1]
+    assert useless.loss_ratio == pytest.approx(1.0, abs=1e-5) and useless.loss_ratio_stderr < 1e-5
+    capped = usefulness_scores(
+        evalset, UsefulnessConfig(), sampling=SamplingConfig(target_se=1e-12, min_samples=4)
+    )
     assert capped.eval_sequences == 40
