@@ -39,7 +39,8 @@ class ThroughputCallback(Callback):
         from megatron_cod.training.model_setup import unwrap_gpt
 
         # the LM head as built: megatron pads the vocabulary per TP rank
-        vocab = unwrap_gpt(trainer.model[0]).vocab_size
+        gpt: Any = unwrap_gpt(trainer.model[0])
+        vocab = int(gpt.vocab_size)
         self.flops_per_token = training_flops_per_token(self.cfg.model, vocab)
         self.world_size = trainer.ctx.world_size
         self.peak = device_peak_tflops(self.cfg)
