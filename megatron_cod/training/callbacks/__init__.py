@@ -25,6 +25,7 @@ from megatron_cod.training.callbacks.exit_signal import SIGTERM_STOP, ExitSignal
 from megatron_cod.training.callbacks.plots import DepthPlotsCallback
 from megatron_cod.training.callbacks.schedule import ScheduleCallback
 from megatron_cod.training.callbacks.telemetry import TelemetryCallback
+from megatron_cod.training.callbacks.throughput import ThroughputCallback
 from megatron_cod.training.callbacks.tracking import TrackingCallback
 from megatron_cod.training.console import ConsoleLog
 
@@ -33,7 +34,7 @@ def default_callbacks(
     cfg: Any, model: list[Any], tracker: Any, console: ConsoleLog, extra: Sequence[Callback] = ()
 ) -> list[Callback]:
     """The callbacks of a cod-train run, in the order documented above, with ``extra`` in its place."""
-    callbacks: list[Callback] = [TelemetryCallback(model, cfg.telemetry)]
+    callbacks: list[Callback] = [TelemetryCallback(model, cfg.telemetry), ThroughputCallback(cfg)]
     callbacks.append(ScheduleCallback(cfg))
     if cfg.train.exit_signal_handler:
         callbacks.append(ExitSignalCallback())
@@ -52,6 +53,7 @@ __all__ = [
     "ScheduleCallback",
     "StepEnd",
     "TelemetryCallback",
+    "ThroughputCallback",
     "TrackingCallback",
     "default_callbacks",
 ]
