@@ -9,5 +9,6 @@ for _msg in (
     "Transformer Engine and Apex are not installed",
     "Apex is not installed",
     "full scope is deprecated",
+    "Please use DTensor instead and we are deprecating ShardedTensor",
 ):
     _warnings.filterwarnings("ignore", message=_msg)

@@ -33,6 +33,7 @@ from megatron_cod.analysis.similarity import SimilarityConfig
 from megatron_cod.analysis.suite import METRICS, SuiteConfig, SuiteResults, run_suite
 from megatron_cod.analysis.tables import jsonable
 from megatron_cod.analysis.usefulness import UsefulnessConfig
+from megatron_cod.cli_errors import OneLineParser, cli_main
 
 _HELP = {
     "jacobian": "per-layer Jacobian distance from the identity (exact or randomized)",
@@ -192,7 +193,7 @@ _EXTRA = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cod-analyze", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="cod-analyze", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in (*METRICS, "all"):
         command = sub.add_parser(name, help=_HELP[name], description=_HELP[name])
@@ -343,13 +344,9 @@ def log_report(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except AnalysisError as exc:
-        print(f"cod-analyze: error: {exc}", file=sys.stderr)
-        return 1
+@cli_main("cod-analyze: ")
+def main(argv: list[str]) -> int:
+    run(build_parser().parse_args(argv))
     return 0
 
 

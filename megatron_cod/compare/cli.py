@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from megatron_cod.cli_errors import cli_main
 from megatron_cod.compare.alignment import PointChoice, align
 from megatron_cod.compare.claims import judge
 from megatron_cod.compare.errors import CompareError
@@ -165,16 +166,9 @@ def run(args: argparse.Namespace) -> Path:
     return output_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = None
-    try:
-        args = build_parser().parse_args(argv)
-        run(args)
-    except CompareError as exc:
-        if args is not None and args.debug:
-            raise
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+@cli_main("")
+def main(argv: list[str]) -> int:
+    run(build_parser().parse_args(argv))
     return 0
 
 

@@ -8,24 +8,23 @@ Examples::
     cod-preprocess --input 'texts/*.txt.gz' --output-prefix data/books \\
         --tokenizer data/corpus_tokenizer --split-sentences
 
-Bad input ends with one line on stderr naming the file (and line) and exit status 1;
-Ctrl-C with status 130. Neither leaves a ``.bin/.idx`` pair behind.
+Bad input ends with one line on stderr naming the file (and line) and exit status 1 (2 for bad
+flags); Ctrl-C with status 130. Neither leaves a ``.bin/.idx`` pair behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from megatron_cod.data.errors import DataError
+from megatron_cod.cli_errors import OneLineParser, UsageError, cli_main
 
 PROG = "cod-preprocess"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description="Raw text (jsonl / txt / gz) -> tokens -> Megatron .bin/.idx, offline.",
     )
@@ -128,20 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@cli_main(f"{PROG}: ")
+def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except DataError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no output was written", file=sys.stderr)
         return 130
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"{PROG}: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -149,13 +142,13 @@ def _run(args: argparse.Namespace) -> int:
 
     show = not args.quiet
     if args.builtin and args.input:
-        raise DataError("give --input or --builtin, not both")
+        raise UsageError("give --input or --builtin, not both")
     if not args.builtin and not args.input:
-        raise DataError("no input given (use --input FILE|DIR|GLOB or --builtin shakespeare)")
+        raise UsageError("no input given (use --input FILE|DIR|GLOB or --builtin shakespeare)")
     if args.builtin and args.output_prefix is None:
         return _build_builtin_into_cache(args, show)
     if args.output_prefix is None:
-        raise DataError("no output prefix given (use --output-prefix PREFIX)")
+        raise UsageError("no output prefix given (use --output-prefix PREFIX)")
 
     from megatron_cod.data.pipeline import PreprocessConfig, preprocess
     from megatron_cod.data.sentences import DEFAULT_SAMPLE_CHARS
@@ -202,7 +195,7 @@ def _build_builtin_into_cache(args: argparse.Namespace, show: bool) -> int:
     from megatron_cod.data import builtin
 
     if args.tokenizer or args.train_tokenizer or args.split_sentences:
-        raise DataError(
+        raise UsageError(
             "--builtin without --output-prefix builds the default dataset; "
             "add --output-prefix to choose the tokenizer or split sentences"
         )

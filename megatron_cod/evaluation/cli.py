@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from megatron_cod.analysis.errors import AnalysisError
-from megatron_cod.data.errors import DataError
+from megatron_cod.cli_errors import OneLineParser, cli_main
 from megatron_cod.export.errors import ExportError
 from megatron_cod.export.hf_dir import PROVENANCE_FILE, check_output, staged_directory
 
@@ -26,7 +24,7 @@ DEFAULT_NUM_ITEMS = 500
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cod-eval", description="downstream evaluation with lm-eval")
+    p = OneLineParser(prog="cod-eval", description="downstream evaluation with lm-eval")
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--hf-model", metavar="DIR", help="local Hugging Face causal-LM directory")
     model.add_argument("--checkpoint", metavar="CKPT_DIR", help="megatron_cod checkpoint (exported first)")
@@ -175,10 +173,6 @@ def _run(args: argparse.Namespace) -> int:
         return _evaluate(args, exported.output, exported.training_run_id, builtin)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (ExportError, AnalysisError, DataError) as exc:
-        print(f"cod-eval: error: {exc}", file=sys.stderr)
-        return 1
+@cli_main("cod-eval: ")
+def main(argv: list[str]) -> int:
+    return _run(build_parser().parse_args(argv))

@@ -3,7 +3,7 @@
     cod-export --checkpoint CKPT_DIR [--iteration N] --output DIR [--dtype {fp32,bf16,fp16}] [--verify] [--force]
     cod-import --hf-model DIR --output CKPT_DIR [--force]
 
-Errors are one line on stderr ("cod-export: error: ..."), exit status 1, nothing written.
+Errors are one line on stderr ("cod-export: error: ..."), exit status 1 (2 for bad flags), nothing written.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megatron_cod.analysis.errors import AnalysisError
-from megatron_cod.data.errors import DataError
-from megatron_cod.export.errors import ExportError
+from megatron_cod.cli_errors import OneLineParser, UsageError, cli_main
 from megatron_cod.export.hf_dir import DEFAULT_MAX_SHARD_BYTES, DTYPES, PROVENANCE_FILE
 
 
@@ -29,7 +27,7 @@ def _mlflow_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="cod-export",
         description="megatron_cod checkpoint -> stock Hugging Face "
         "directory (Llama, Mixtral or Qwen2-MoE), exact in fp32",
@@ -66,7 +64,7 @@ def _export(args: argparse.Namespace) -> int:
     from megatron_cod.tracking import tags as run_tags
 
     if args.max_shard_size <= 0:
-        raise ExportError(f"--max-shard-size must be positive, got {args.max_shard_size}")
+        raise UsageError(f"--max-shard-size must be positive, got {args.max_shard_size}")
     done = export_checkpoint(
         args.checkpoint,
         args.output,
@@ -118,7 +116,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def import_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="cod-import",
         description="local Hugging Face Llama / Mixtral / Qwen2-MoE "
         "directory -> megatron_cod checkpoint (cod-train --load ... --no-load-optim)",
@@ -139,18 +137,11 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(prog: str, parser: argparse.ArgumentParser, body, argv: list[str] | None) -> int:
-    args = parser.parse_args(argv)
-    try:
-        return body(args)
-    except (ExportError, AnalysisError, DataError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
+@cli_main("cod-export: ")
+def export_main(argv: list[str]) -> int:
+    return _export(export_parser().parse_args(argv))
 
 
-def export_main(argv: list[str] | None = None) -> int:
-    return _run("cod-export", export_parser(), _export, argv)
-
-
-def import_main(argv: list[str] | None = None) -> int:
-    return _run("cod-import", import_parser(), _import, argv)
+@cli_main("cod-import: ")
+def import_main(argv: list[str]) -> int:
+    return _import(import_parser().parse_args(argv))

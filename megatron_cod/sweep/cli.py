@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from megatron_cod.cli_errors import cli_main
 from megatron_cod.compare.errors import CompareError
 from megatron_cod.sweep.spec import MemberRun, Sweep, load_sweep, shipped_sweeps
 from megatron_cod.tracking import tags
@@ -270,16 +271,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = None
+@cli_main("")
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        args = build_parser().parse_args(argv)
         return run(args)
-    except CompareError as exc:
-        if args is not None and args.debug:
-            raise
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("error: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -28,6 +28,7 @@ import random
 import re
 import shutil
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,8 @@ def _sharded_state(
 ) -> dict[str, Any]:
     if len(model) != 1:
         raise ValueError("virtual pipeline stages are not supported by megatron_cod checkpoints")
-    model_sd = unwrap_gpt(model[0]).sharded_state_dict()
+    gpt: Any = unwrap_gpt(model[0])  # a GPTModel: megatron's sharded_state_dict is untyped
+    model_sd = gpt.sharded_state_dict()
     state: dict[str, Any] = {
         "model": model_sd,
         "iteration": iteration,
@@ -180,22 +182,32 @@ def _sharded_state(
 
 
 def _failure_reason(exc: BaseException) -> str:
-    """The root cause of a failed save or load in one line (torch wraps per-rank failures)."""
-    seen: list[BaseException] = []
+    """The root cause of a failed save or load in one line: torch wraps each rank's failure (with its
+    traceback) in a CheckpointException, whose own text is that traceback."""
     pending: list[BaseException] = [exc]
+    seen: list[BaseException] = []
+    cause: BaseException | None = None
     while pending:
         current = pending.pop(0)
-        if current in seen:
+        if any(current is s for s in seen):
             continue
         seen.append(current)
         if isinstance(current, OSError) and current.strerror:
             where = f"{current.filename}: " if current.filename else ""
             return f"{where}{current.strerror}"
-        failures = getattr(current, "failures", None)  # torch's CheckpointException: {rank: exception}
+        failures = getattr(current, "failures", None)  # {rank: exception or (exception, stack)}
         if isinstance(failures, dict):
-            pending.extend(f for f in failures.values() if isinstance(f, BaseException))
+            for failure in failures.values():
+                failure = failure[0] if isinstance(failure, tuple) else failure
+                if isinstance(failure, BaseException):
+                    pending.append(failure)
+        elif cause is None:
+            cause = current
         pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    cause = cause or exc
+    text = " ".join(str(cause).split())
+    if not text:  # EOFError and friends: a file that ends too early
+        text = f"{type(cause).__name__}: truncated or corrupt file"
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -397,7 +409,11 @@ def load_checkpoint(
     )
     check_dcp_index(ckpt_dir)
     try:
-        with weights_only_loads():
+        with weights_only_loads(), warnings.catch_warnings():
+            # megatron calls torch's deprecated load_state_dict: noise on every CLI's stderr
+            warnings.filterwarnings(
+                "ignore", message=".*load_state_dict. is deprecated", category=FutureWarning
+            )
             loaded = dist_checkpointing.load(state, str(ckpt_dir))
         unwrap_gpt(model[0]).load_state_dict(loaded["model"])
     except _FAILURES as exc:
