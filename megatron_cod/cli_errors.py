@@ -18,7 +18,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 USAGE = 2
 FAILURE = 1
@@ -27,6 +27,12 @@ DEBUG_FLAG = "--debug"
 DEBUG_ENV = "COD_DEBUG"
 
 Main = Callable[[list[str]], int]
+
+
+class EntryPoint(Protocol):
+    """A console-script main: ``main()`` reads sys.argv, ``main(argv)`` is for tests and callers."""
+
+    def __call__(self, argv: Sequence[str] | None = None) -> int: ...
 
 
 class UsageError(Exception):
@@ -104,13 +110,13 @@ def report(prefix: str, code: int, message: str) -> int:
     return code
 
 
-def cli_main(prefix: str) -> Callable[[Main], Callable[[Sequence[str] | None], int]]:
+def cli_main(prefix: str) -> Callable[[Main], EntryPoint]:
     """Decorate ``body(argv) -> exit status`` into a ``main(argv=None)`` with the shared error path.
 
     ``prefix`` starts the error line ("cod-analyze: " or "" where tools always printed "error: ...").
     """
 
-    def wrap(body: Main) -> Callable[[Sequence[str] | None], int]:
+    def wrap(body: Main) -> EntryPoint:
         @functools.wraps(body)
         def main(argv: Sequence[str] | None = None) -> int:
             args = list(sys.argv[1:] if argv is None else argv)

@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> Path:
             print(f"[cod-compare] MLflow comparison run {comparison_id} in {uri}")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if comparison_id is not None:
+        if client is not None and comparison_id is not None:
             client.set_terminated(comparison_id, "FAILED")
         raise
     print(f"[cod-compare] {len(records)} runs in {len(groups)} groups; report: {output_dir / 'report.md'}")

@@ -41,7 +41,8 @@ def _text_parser(cls: type, name: str) -> typing.Callable[[str], Any]:
 
 
 def _default_text(field: dataclasses.Field) -> str:
-    default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+    missing = field.default is dataclasses.MISSING
+    default = field.default_factory() if missing else field.default  # type: ignore[operator]
     return f"default: {default}"
 
 
@@ -96,7 +97,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         if key and section in SECTIONS:
             flags.setdefault(section, {})[key] = value
     layers.append(flags)
-    merged = functools.reduce(merge_sections, layers, {})
+    empty: dict[str, dict[str, Any]] = {}
+    merged = functools.reduce(merge_sections, layers, empty)
     return ExperimentConfig.from_dict(merged, source="the merged config")
 
 

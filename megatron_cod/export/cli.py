@@ -80,7 +80,7 @@ def _export(args: argparse.Namespace) -> int:
     metrics = {"export/seconds": done.seconds}
     failed = False
     if args.verify:
-        vocab = done.model.vocab_size
+        vocab: int = done.model.vocab_size  # type: ignore[assignment]  # a GPTModel attribute
         ids = sample_tokens(vocab, min(64, done.target.config.max_position_embeddings))
         parity = verify_export(done.model, done.output, ids)
         metrics.update(parity.as_metrics())
