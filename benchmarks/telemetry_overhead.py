@@ -7,11 +7,15 @@ load hit every mode alike. Modes:
 - depth:     interval 1: residual variance/RMS/update/cosine, branch statistics, grad and param
              norms, MoE routing statistics and aux losses, on every layer;
 - attention: only the attention-entropy sample (its own interval in training);
-- weights:   only the weight-sparsity statistics (their own interval in training).
+- weights:   only the weight-sparsity statistics (their own interval in training);
+- all:       every family at interval 1.
 The step is forward + backward of all micro-batches (no optimizer step, which would only add to
-the denominator). A mode's ratio is the median over rounds of (its step / the off step of the same
-round), which cancels slow drift; ratios of the median step times are printed too. The last line
-is ``RESULT telemetry_overhead_ratio=<depth ratio>``.
+the denominator). Within one repetition a mode's ratio is the median over rounds of (its step / the
+off step of the same round), which cancels slow drift; the run makes ``--repeats`` repetitions
+(>= 3) and reports the median over them with the spread (min-max). The amortised ratio at the
+example's intervals (examples/pretrain_moe_deep.sh and the cpu_moe_deep preset: activations every
+10 steps, attention and weights every 100) is 1 + sum over families of (ratio - 1) / interval.
+The last line is ``RESULT telemetry_overhead_ratio=<median depth ratio>``.
 
 Clock: on a GPU, wall time with a device synchronisation around each step. On a CPU, the
 process's CPU time with one torch thread by default: build machines are shared, and wall time
@@ -29,7 +33,7 @@ from types import SimpleNamespace
 
 import torch
 
-MODES = ("off", "depth", "attention", "weights")
+MODES = ("off", "depth", "attention", "weights", "all")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,13 +46,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--micro-batch-size", type=int, default=2)
     p.add_argument("--micro-batches", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=12, help="timed steps per mode")
+    p.add_argument("--rounds", type=int, default=8, help="timed steps per mode and repetition")
+    p.add_argument("--repeats", type=int, default=3, help="repetitions (>= 3 for a spread)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs only)")
     args = p.parse_args(argv)
-    for name in ("layers", "hidden", "heads", "experts", "topk", "seq", "micro_batch_size",
-                 "micro_batches", "rounds", "threads"):
+    for name in (
+        "layers",
+        "hidden",
+        "heads",
+        "experts",
+        "topk",
+        "seq",
+        "micro_batch_size",
+        "micro_batches",
+        "rounds",
+        "repeats",
+        "threads",
+    ):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.layers < 16:
@@ -59,10 +75,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def telemetry_config(mode: str, seq: int):
     from megatron_cod.config import TelemetryConfig
 
-    return TelemetryConfig(enabled=mode != "off", interval=1 if mode == "depth" else 0,
-                           attention_interval=1 if mode == "attention" else 0,
-                           weight_interval=1 if mode == "weights" else 0,
-                           attention_max_tokens=seq)
+    return TelemetryConfig(
+        enabled=mode != "off",
+        interval=1 if mode in ("depth", "all") else 0,
+        attention_interval=1 if mode in ("attention", "all") else 0,
+        weight_interval=1 if mode in ("weights", "all") else 0,
+        attention_max_tokens=seq,
+    )
+
+
+def example_intervals() -> dict[str, int]:
+    """Telemetry intervals of examples/pretrain_moe_deep.sh (its preset, cpu_moe_deep, agrees)."""
+    from megatron_cod.config import TelemetryConfig
+    from megatron_cod.config.presets import preset_dict
+
+    tel = {**vars(TelemetryConfig()), **preset_dict("cpu_moe_deep").get("telemetry", {})}
+    return {
+        "depth": tel["interval"],
+        "attention": tel["attention_interval"],
+        "weights": tel["weight_interval"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,9 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     if not on_gpu:
         torch.set_num_threads(args.threads)
     try:
-        model_cfg = ModelConfig(num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.heads,
-                                seq_length=args.seq, num_experts=args.experts, moe_router_topk=args.topk,
-                                moe_ffn_hidden_size=args.hidden, bf16=args.bf16)
+        model_cfg = ModelConfig(
+            num_layers=args.layers,
+            hidden_size=args.hidden,
+            num_attention_heads=args.heads,
+            seq_length=args.seq,
+            num_experts=args.experts,
+            moe_router_topk=args.topk,
+            moe_ffn_hidden_size=args.hidden,
+            bf16=args.bf16,
+        )
         vocab = 1024
         model = build_training_model(SimpleNamespace(model=model_cfg, parallel=ParallelConfig()), vocab)
         dev = platform.device()
@@ -91,9 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         batches = []
         for _ in range(args.micro_batches):
             tokens = torch.randint(0, vocab, (args.micro_batch_size, args.seq), generator=g)
-            batches.append({"tokens": tokens, "labels": tokens.roll(-1, dims=1),
-                            "loss_mask": torch.ones(args.micro_batch_size, args.seq),
-                            "position_ids": torch.arange(args.seq).expand(args.micro_batch_size, -1)})
+            batches.append(
+                {
+                    "tokens": tokens,
+                    "labels": tokens.roll(-1, dims=1),
+                    "loss_mask": torch.ones(args.micro_batch_size, args.seq),
+                    "position_ids": torch.arange(args.seq).expand(args.micro_batch_size, -1),
+                }
+            )
         collectors = {mode: DepthTelemetry(model, telemetry_config(mode, args.seq)) for mode in MODES}
         fwd_bwd = get_forward_backward_func()
 
@@ -109,9 +153,15 @@ def main(argv: list[str] | None = None) -> int:
             sync()
             start, cpu_start = time.perf_counter(), time.process_time()
             tel.begin_step(iteration)
-            fwd_bwd(forward_step_func=forward_step, data_iterator=iter(batches), model=model,
-                    num_microbatches=args.micro_batches, seq_length=args.seq,
-                    micro_batch_size=args.micro_batch_size, forward_only=False)
+            fwd_bwd(
+                forward_step_func=forward_step,
+                data_iterator=iter(batches),
+                model=model,
+                num_microbatches=args.micro_batches,
+                seq_length=args.seq,
+                micro_batch_size=args.micro_batch_size,
+                forward_only=False,
+            )
             tel.after_backward(iteration)
             values = tel.end_step(iteration)
             sync()
@@ -120,39 +170,58 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"mode {mode} collected nothing")
             return (wall if on_gpu else time.process_time() - cpu_start), wall
 
-        times: dict[str, list[float]] = {m: [] for m in MODES}
-        walls: dict[str, list[float]] = {m: [] for m in MODES}
         total = args.warmup + args.rounds
+        reps: list[dict[str, list[float]]] = []
+        walls: dict[str, list[float]] = {m: [] for m in MODES}
         with Progress(transient=True) as progress:
-            task = progress.add_task("timing steps", total=total * len(MODES))
-            for r in range(total):
-                order = MODES[r % len(MODES):] + MODES[: r % len(MODES)]
-                for mode in order:
-                    t, wall = step(mode, r)
-                    if r >= args.warmup:
-                        times[mode].append(t)
-                        walls[mode].append(wall)
-                    progress.advance(task)
+            task = progress.add_task("timing steps", total=args.repeats * total * len(MODES))
+            for _ in range(args.repeats):
+                times: dict[str, list[float]] = {m: [] for m in MODES}
+                for r in range(total):
+                    order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
+                    for mode in order:
+                        t, wall = step(mode, r)
+                        if r >= args.warmup:
+                            times[mode].append(t)
+                            walls[mode].append(wall)
+                        progress.advance(task)
+                reps.append(times)
         for tel in collectors.values():
             tel.remove()
     finally:
         platform.teardown()
 
-    med = {m: statistics.median(ts) for m, ts in times.items()}
-    paired = {m: statistics.median(t / off for t, off in zip(times[m], times["off"])) for m in MODES}
+    paired = {
+        m: [statistics.median(t / off for t, off in zip(rep[m], rep["off"])) for rep in reps] for m in MODES
+    }
+    all_times = {m: [t for rep in reps for t in rep[m]] for m in MODES}
+    med = {m: statistics.median(ts) for m, ts in all_times.items()}
     wall_med = {m: statistics.median(ts) for m, ts in walls.items()}
+    ratio = {m: statistics.median(paired[m]) for m in MODES}
     clock = "wall time" if on_gpu else f"process CPU time, {torch.get_num_threads()} thread(s)"
-    print(f"model: {args.layers} layers, hidden {args.hidden}, {args.experts} experts top-{args.topk}, "
-          f"seq {args.seq}, {args.micro_batches} x {args.micro_batch_size} sequences per step, "
-          f"device {dev}; clock: {clock}")
+    print(
+        f"model: {args.layers} layers, hidden {args.hidden}, {args.experts} experts top-{args.topk}, "
+        f"seq {args.seq}, {args.micro_batches} x {args.micro_batch_size} sequences per step, "
+        f"device {dev}; clock: {clock}; {args.repeats} repetitions x {args.rounds} rounds"
+    )
     for m in MODES:
-        print(f"{m:>9}: median step {med[m] * 1e3:8.1f} ms  (min {min(times[m]) * 1e3:8.1f}, "
-              f"max {max(times[m]) * 1e3:8.1f}, n={len(times[m])})  paired ratio {paired[m]:.4f}, "
-              f"ratio of medians {med[m] / med['off']:.4f}  | wall median {wall_med[m] * 1e3:8.1f} ms, "
-              f"ratio {wall_med[m] / wall_med['off']:.4f}")
-    print(f"attention-entropy sample step ratio (its own interval in training): {paired['attention']:.4f}")
-    print(f"weight-statistics step ratio (its own interval in training): {paired['weights']:.4f}")
-    print(f"RESULT telemetry_overhead_ratio={paired['depth']:.4f}")
+        reps_text = ", ".join(f"{x:.4f}" for x in paired[m])
+        print(
+            f"{m:>9}: median step {med[m] * 1e3:8.1f} ms | paired ratio median {ratio[m]:.4f} "
+            f"(spread {min(paired[m]):.4f}-{max(paired[m]):.4f}; repetitions {reps_text}) | "
+            f"wall median {wall_med[m] * 1e3:8.1f} ms, ratio {wall_med[m] / wall_med['off']:.4f}"
+        )
+    intervals = example_intervals()
+    amortised = 1 + sum((ratio[m] - 1) / n for m, n in intervals.items() if n > 0)
+    every = "/".join(str(n) for n in intervals.values())
+    print(f"attention-entropy sample step ratio (its own interval in training): {ratio['attention']:.4f}")
+    print(f"weight-statistics step ratio (its own interval in training): {ratio['weights']:.4f}")
+    print(f"all families at interval 1: {ratio['all']:.4f}")
+    print(
+        f"amortised ratio at the example's intervals (depth/attention/weights every {every} steps): "
+        f"{amortised:.4f}"
+    )
+    print(f"RESULT telemetry_overhead_ratio={ratio['depth']:.4f}")
     return 0
 
 

@@ -88,7 +88,7 @@ class _InertStream:
 
 
 def _patch_torch_cuda() -> None:
-    cuda = torch.cuda
+    cuda: Any = torch.cuda  # Any: the stand-ins replace typed module attributes on purpose
     # A device object, not the index 0: autograd runs backward with torch-function modes popped,
     # so device=torch.cuda.current_device() in a custom backward must already mean the CPU.
     cuda.current_device = lambda: torch.device("cpu")
@@ -143,7 +143,8 @@ def _patch_gloo_all_to_all() -> None:
             input_split_sizes = input_split_sizes.tolist()
         return original(output, input, output_split_sizes, input_split_sizes, **kw)
 
-    dist.all_to_all_single = all_to_all_single
+    distributed: Any = dist  # Any: replacing a typed module function on purpose
+    distributed.all_to_all_single = all_to_all_single
 
 
 def patch_missing_te_symbols() -> None:

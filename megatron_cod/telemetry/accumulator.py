@@ -48,8 +48,9 @@ AUX_LOSSES = ("load_balancing_loss", "seq_load_balancing_loss", "global_load_bal
 # Attention sample, per layer and head: normalised-entropy sum and row count, top-k sum and count.
 ATTN_ENTROPY_SUM, ATTN_ENTROPY_ROWS, ATTN_TOPK_SUM, ATTN_TOPK_ROWS = range(4)
 
-# Weights, per layer and matrix family: element count, sum of squares, sum of |w|, small count.
-W_COUNT, W_SUMSQ, W_L1 = range(3)
+# Weights, per layer and matrix family: element count and sum of squares (reduced first, for the
+# global RMS); the sum of |w| and the small-entry count come after, from the same pass.
+W_COUNT, W_SUMSQ = range(2)
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,24 @@ class TelemetryBuffers:
     """Named views into one flat fp64 tensor; the weight sums come first so they can be reduced
     on their own before the small-weight counts are taken."""
 
+    # views into ``flat``, set in __init__ from the layout
+    weight_sums: torch.Tensor
+    act_sum: torch.Tensor
+    act_count: torch.Tensor
+    aux_sum: torch.Tensor
+    aux_count: torch.Tensor
+    expert_tokens: torch.Tensor
+    norm_sq: torch.Tensor
+    attention: torch.Tensor
+    weight_l1: torch.Tensor
+    weight_small: torch.Tensor
+
     def __init__(
         self, shape: BufferShape, device: torch.device | str, flat: torch.Tensor | None = None
     ) -> None:
         L, H, E, F = shape.num_layers, shape.num_heads, shape.num_experts, shape.num_weight_families
         layout = (
-            ("weight_sums", (L, F, 3)),
+            ("weight_sums", (L, F, 2)),
             ("act_sum", (L, len(ACTIVATION_STATS))),
             ("act_count", (L, len(ACTIVATION_STATS))),
             ("aux_sum", (L, len(AUX_LOSSES))),
@@ -77,6 +90,7 @@ class TelemetryBuffers:
             ("expert_tokens", (L, E)),
             ("norm_sq", (L, 2)),
             ("attention", (L, H, 4)),
+            ("weight_l1", (L, F)),
             ("weight_small", (L, F)),
         )
         total = sum(_numel(s) for _, s in layout)

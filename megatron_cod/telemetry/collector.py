@@ -32,7 +32,7 @@ Norm placements (``--norm-placement``, models/placement.py) keep these hook poin
   a Peri-LN embedding norm is part of layer 1's input.
 tests/telemetry/test_norm_placement_semantics.py checks each against a plain-PyTorch reference.
 
-Hooks compute per-token terms under ``torch.no_grad`` and hand their token sums, still on the
+Hooks compute per-token terms under ``torch.no_grad`` (torch-function modes off) and hand their token sums, still on the
 device, to the accumulator; nothing reads a value back until ``end_step``. Hooks exist only
 during collection steps.
 
@@ -50,7 +50,8 @@ of the layer, with gradients as the optimizer sees them before clipping (megatro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -71,7 +72,6 @@ from megatron_cod.telemetry.accumulator import (
     MLP_BRANCH_STATS,
     ROUTER_ENTROPY_STAT,
     W_COUNT,
-    W_L1,
     W_SUMSQ,
     BufferShape,
     PendingSums,
@@ -110,6 +110,15 @@ _ATTENTION_CHUNK_BYTES = 256 * 2**20
 def _in_backward() -> bool:
     """True while the autograd engine runs a node: a forward seen now is a recompute re-run."""
     return torch._C._current_autograd_node() is not None
+
+
+@contextlib.contextmanager
+def _plain_torch() -> Iterator[None]:
+    """no_grad with torch-function handling off. The CPU layer's CUDA-to-CPU mode
+    (platform.cpu_compat) costs a Python call per op, and telemetry runs hundreds of small ops per
+    collection step, none with a CUDA device argument to map; on a GPU host nothing changes."""
+    with torch.no_grad(), torch._C.DisableTorchFunction():
+        yield
 
 
 def _branch_output(output: Any) -> torch.Tensor:
@@ -198,7 +207,7 @@ class DepthTelemetry:
         """Per-layer gradient and parameter norms (squared sums on the device) when armed."""
         if ACTIVATIONS not in self._armed:
             return
-        with torch.no_grad():
+        with _plain_torch():
             grads = [t for _, t in self._static_grads]
             grads += [
                 lp.param.grad if lp.param.grad is not None else self._zero for lp in self._dynamic_grads
@@ -214,7 +223,7 @@ class DepthTelemetry:
         self._armed = set()
         if not armed:
             return {}
-        with torch.no_grad():
+        with _plain_torch():
             self._pending.flush_into(self._buf)
             if WEIGHTS in armed:
                 self._collect_weights()
@@ -238,7 +247,7 @@ class DepthTelemetry:
         """Build every hook once; each collection step only registers and removes them."""
         pre, post = "pre", "post"
         self._activation_plan: list[tuple[torch.nn.Module, str, Callable]] = []
-        self._router_plan: list[tuple[torch.nn.Module, Callable]] = []
+        self._router_plan: list[tuple[Any, Callable]] = []  # Any: gating is replaced on the instance
         for layer in self._layers:
             row = layer.layer_number - 1
             self._activation_plan += [
@@ -305,7 +314,7 @@ class DepthTelemetry:
                 return
             h_in = self._inputs.pop(layer)
             h_out = output[0] if isinstance(output, tuple) else output
-            with torch.no_grad():
+            with _plain_torch():
                 terms = M.layer_output_terms(h_in, h_out).flatten(1)
                 self._pending.add(sums, terms.sum(dim=1, dtype=torch.float64))
             self._pending.count(counts, terms.shape[1])
@@ -318,7 +327,7 @@ class DepthTelemetry:
         def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
             if _in_backward():
                 return
-            with torch.no_grad():
+            with _plain_torch():
                 terms = M.branch_output_terms(_branch_output(output)).flatten(1)
                 self._pending.add(sums, terms.sum(dim=1, dtype=torch.float64))
             self._pending.count(counts, terms.shape[1])
@@ -333,7 +342,7 @@ class DepthTelemetry:
         def hook(norm: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
             if _in_backward():
                 return
-            with torch.no_grad():
+            with _plain_torch():
                 var = M.per_token_variance(output)
                 self._pending.add(sums, var.sum(dtype=torch.float64).reshape(1))
             self._pending.count(counts, var.numel())
@@ -348,7 +357,7 @@ class DepthTelemetry:
 
     # --- MoE router ----------------------------------------------------------------------------
 
-    def _logit_capture(self, router: torch.nn.Module) -> Callable:
+    def _logit_capture(self, router: Any) -> Callable:
         """A stand-in for router.gating (set as an instance attribute while armed) that keeps the
         logits for the router's forward hook."""
         gating = router.gating  # the bound class method, which the instance attribute shadows
@@ -362,7 +371,7 @@ class DepthTelemetry:
         return capture_logits
 
     @staticmethod
-    def _tracked_aux_losses(router: torch.nn.Module) -> list[tuple[int, str]]:
+    def _tracked_aux_losses(router: Any) -> list[tuple[int, str]]:
         """The tracker names megatron will add to during this router call (see router.py)."""
         if not (router.training and torch.is_grad_enabled()):
             return []
@@ -400,7 +409,7 @@ class DepthTelemetry:
             from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
 
             tracker = get_moe_layer_wise_logging_tracker()
-            with torch.no_grad():
+            with _plain_torch():
                 for i, name, before in self._aux_before.pop(router, []):
                     now = tracker[name]["values"][row]
                     delta = now if before is None else now - before
@@ -434,7 +443,7 @@ class DepthTelemetry:
                 return
             query = args[0] if args else kwargs["query"]
             key = args[1] if len(args) > 1 else kwargs["key"]
-            with torch.no_grad():
+            with _plain_torch():
                 self._sample_attention(row, query, key)
 
         return hook
@@ -485,7 +494,11 @@ class DepthTelemetry:
             if ddp.use_distributed_optimizer:
                 self._static_grads += distributed_optimizer_grad_slices(chunk, wanted, self._ranks)
             else:
-                self._static_grads += [(lp, lp.param.main_grad) for lp in wanted.values() if lp.counted]
+                self._static_grads += [
+                    (lp, lp.param.main_grad)  # type: ignore[attr-defined]  # megatron DDP's attribute
+                    for lp in wanted.values()
+                    if lp.counted
+                ]
         self._dynamic_grads = [
             lp for lp in self._params if lp.param not in covered and lp.counted and lp.param.requires_grad
         ]
@@ -514,19 +527,19 @@ class DepthTelemetry:
         self._buf.norm_sq.view(-1).index_add_(0, index, norms.square())
 
     def _collect_weights(self) -> None:
-        """Weight sums, one all-reduce so RMS(W) is global, then the small-entry counts."""
-        sums = self._buf.weight_sums.view(-1, 3)
+        """Element counts and squared sums, one all-reduce so RMS(W) is global, then one more pass
+        for the sums of |w| and the small-entry counts (reduced with the rest of the buffer)."""
+        sums = self._buf.weight_sums.view(-1, 2)
         if self._weights:
             ws = [lp.param.detach() for lp in self._weights]
             l2 = torch.stack(torch._foreach_norm(ws, 2, dtype=torch.float32)).double()
-            l1 = torch.stack(torch._foreach_norm(ws, 1, dtype=torch.float32)).double()
             sums[:, W_COUNT].index_add_(0, self._weight_cell, self._weight_numel)
             sums[:, W_SUMSQ].index_add_(0, self._weight_cell, l2.square())
-            sums[:, W_L1].index_add_(0, self._weight_cell, l1)
         self._buf.all_reduce_weight_sums()
         if not self._weights:
             return
         rms = (sums[:, W_SUMSQ] / sums[:, W_COUNT].clamp_min(1)).sqrt()
         threshold = (self.cfg.weight_eps * rms)[self._weight_cell].float()
-        small = torch.stack([M.count_small_weights(w, threshold[i]) for i, w in enumerate(ws)])
-        self._buf.weight_small.view(-1).index_add_(0, self._weight_cell, small.double())
+        l1, small = M.abs_sums_and_small_counts(ws, threshold)
+        self._buf.weight_l1.view(-1).index_add_(0, self._weight_cell, l1)
+        self._buf.weight_small.view(-1).index_add_(0, self._weight_cell, small)

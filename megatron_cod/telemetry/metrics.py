@@ -186,6 +186,38 @@ def count_small_weights(w: torch.Tensor, threshold: torch.Tensor | float) -> tor
     return (as_fp32(w).abs() < threshold).sum().float()
 
 
+def abs_sums_and_small_counts(
+    weights: list[torch.Tensor], thresholds: torch.Tensor, chunk: int = 2**22
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per tensor: sum of |w| and count_small_weights(w, thresholds[i]), both fp64 ``[n]``.
+
+    One pass over the weights for both, through one reused fp32 |w| buffer and one bool buffer of at
+    most ``chunk`` entries, instead of an L1 norm pass plus a fresh |w| and mask per matrix; the
+    training telemetry runs it over every matrix of the model.
+    """
+    if not weights:
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+    device = weights[0].device
+    size = min(chunk, max(w.numel() for w in weights))
+    magnitude = torch.empty(size, dtype=torch.float32, device=device)
+    small = torch.empty(size, dtype=torch.bool, device=device)
+    l1, counts = [], []
+    for w, threshold in zip(weights, thresholds.float().unbind()):
+        for part in w.detach().reshape(-1).split(size):
+            buf = magnitude[: part.numel()]
+            # abs(out=) needs the input's dtype; |w| of a bf16/fp16 entry is exact in fp32 either way
+            a = torch.abs(part, out=buf) if part.dtype == torch.float32 else buf.copy_(part).abs_()
+            l1.append(a.sum(dtype=torch.float64))
+            counts.append(torch.count_nonzero(torch.lt(a, threshold, out=small[: part.numel()])))
+    parts = torch.tensor([-(-w.numel() // size) for w in weights], device=device)
+    owner = torch.repeat_interleave(torch.arange(len(weights), device=device), parts)
+    l1_sum = torch.zeros(len(weights), dtype=torch.float64, device=device)
+    count_sum = torch.zeros(len(weights), dtype=torch.float64, device=device)
+    l1_sum.index_add_(0, owner, torch.stack(l1))
+    count_sum.index_add_(0, owner, torch.stack(counts).double())
+    return l1_sum, count_sum
+
+
 def weight_sparsity(w: torch.Tensor, eps: float) -> torch.Tensor:
     """Fraction of entries with |w| < eps * RMS(W) (0-dim)."""
     return count_small_weights(w, eps * weight_rms(w)) / w.numel()

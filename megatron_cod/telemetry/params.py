@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -103,7 +104,7 @@ class LayerParam:
     family: str | None  # weight family, None for norms and unlisted matrices
 
 
-def layer_params(layers: Iterable[torch.nn.Module], ranks: ParallelRanks) -> list[LayerParam]:
+def layer_params(layers: Iterable[Any], ranks: ParallelRanks) -> list[LayerParam]:
     out = []
     for layer in layers:
         row = layer.layer_number - 1
@@ -115,7 +116,7 @@ def layer_params(layers: Iterable[torch.nn.Module], ranks: ParallelRanks) -> lis
 
 
 def distributed_optimizer_grad_slices(
-    ddp_chunk: torch.nn.Module, wanted: dict[torch.nn.Parameter, LayerParam], ranks: ParallelRanks
+    ddp_chunk: Any, wanted: dict[torch.nn.Parameter, LayerParam], ranks: ParallelRanks
 ) -> list[tuple[LayerParam, torch.Tensor]]:
     """(param, the part of its reduced gradient this DP rank owns) under the distributed optimizer.
 

@@ -23,7 +23,6 @@ from megatron_cod.telemetry.accumulator import (
     AUX_LOSSES,
     ROUTER_ENTROPY_STAT,
     W_COUNT,
-    W_L1,
     W_SUMSQ,
     TelemetryBuffers,
 )
@@ -92,10 +91,10 @@ def _attention(host: TelemetryBuffers, L: int, out: dict[str, float]) -> None:
 
 
 def _weights(host: TelemetryBuffers, L: int, out: dict[str, float]) -> None:
-    sums, small = host.weight_sums.tolist(), host.weight_small.tolist()
+    sums, small, l1s = host.weight_sums.tolist(), host.weight_small.tolist(), host.weight_l1.tolist()
     for row in range(L):
         for f, family in enumerate(WEIGHT_FAMILIES):
-            count, sumsq, l1 = sums[row][f][W_COUNT], sums[row][f][W_SUMSQ], sums[row][f][W_L1]
+            count, sumsq, l1 = sums[row][f][W_COUNT], sums[row][f][W_SUMSQ], l1s[row][f]
             if count <= 0:
                 continue
             out[naming.weight_key("sparsity", row + 1, L, family)] = small[row][f] / count

@@ -156,6 +156,23 @@ def test_weight_metrics_match_loops(dtype, eps):
     assert below / n == pytest.approx(frac)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunk", [7, 2**22])
+def test_abs_sums_and_small_counts_match_loops(dtype, chunk):
+    """The fused |w|-sum and small-count pass, chunked or not, over matrices of different sizes."""
+    g = torch.Generator().manual_seed(4)
+    ws = [(torch.randn(*shape, generator=g) * 0.1).to(dtype) for shape in [(5, 3), (12, 9), (1, 4)]]
+    ws[1][0, :4] = torch.tensor([0.05, -0.05, 0.0, 0.0499])  # entries at, on and below the threshold
+    thresholds = torch.tensor([0.07, 0.05, 0.2], dtype=torch.float64)
+    l1, small = M.abs_sums_and_small_counts(ws, thresholds, chunk=chunk)
+    for i, w in enumerate(ws):
+        vals = w.double().flatten().tolist()
+        limit = float(torch.tensor(thresholds[i].item(), dtype=torch.float32))
+        assert l1[i].item() == pytest.approx(sum(abs(v) for v in vals), rel=1e-6)
+        assert small[i].item() == sum(abs(v) < limit for v in vals)
+    assert [x.numel() for x in M.abs_sums_and_small_counts([], torch.zeros(0))] == [0, 0]
+
+
 def test_hoyer_extremes():
     assert M.hoyer_sparsity(torch.ones(10)).item() == pytest.approx(0.0, abs=1e-6)
     one_hot = torch.zeros(10)
