@@ -72,8 +72,9 @@ def align(runs: list[RunRecord], choice: PointChoice) -> Alignment:
             step = _nearest(steps, choice.at_step, key=lambda s: s)
             points[run.run_id] = RunPoint(step, _tokens(run, step), steps[-1] >= choice.at_step)
         return Alignment(f"step {choice.at_step} (the nearest telemetry step of each run)", points, None)
-    reach = {
-        run.run_id: _tokens(run, run.telemetry_steps[-1])
+    # tokens_per_step is truthy here, so this is _tokens without its None branch
+    reach: dict[str, int] = {
+        run.run_id: run.telemetry_steps[-1] * run.tokens_per_step
         for run in runs
         if run.telemetry_steps and run.tokens_per_step
     }
@@ -101,6 +102,7 @@ def align(runs: list[RunRecord], choice: PointChoice) -> Alignment:
             points[run.run_id] = RunPoint(None, None, False)
             continue
         per_step = run.tokens_per_step
+        assert per_step is not None  # every run in reach has a batch size
         step = _nearest(run.telemetry_steps, target, key=lambda s: s * per_step)
         points[run.run_id] = RunPoint(step, step * per_step, reach[run.run_id] >= target)
     return Alignment(f"equal tokens: {how} (each run at its nearest telemetry step)", points, target)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from megatron_cod.compare.grouping import Group, short_name
 from megatron_cod.compare.records import RunRecord
@@ -39,9 +40,11 @@ def _param(key: str) -> Factor:
 
 
 def _kv_heads(run: RunRecord) -> float | None:
-    if run.param("model.group_query_attention") == "True" and run.param("model.num_query_groups"):
-        return float(run.param("model.num_query_groups"))
-    return float(run.param("model.num_attention_heads")) if run.param("model.num_attention_heads") else None
+    groups = run.param("model.num_query_groups")
+    if run.param("model.group_query_attention") == "True" and groups:
+        return float(groups)
+    heads = run.param("model.num_attention_heads")
+    return float(heads) if heads else None
 
 
 def _is_moe(run: RunRecord) -> float:
@@ -151,7 +154,7 @@ def _comparable(claim: Claim, varying: list[str], groups: list[Group]) -> list[t
     for group in groups:
         levels = {claim.factor(run) for run in group.runs}
         if len(levels) == 1 and None not in levels:
-            levelled.append((levels.pop(), group))
+            levelled.append((cast(float, levels.pop()), group))
     if claim.factor is _recipe:
         return levelled
     # groups must agree on every varying key outside the factor's own keys

@@ -132,8 +132,8 @@ def history_plot(
 
 
 def _last_var_key(run: RunRecord) -> str:
-    keys = [key for key in run.metrics if VAR_KEY.match(key)]
-    return max(keys, key=lambda key: int(VAR_KEY.match(key).group(1))) if keys else ""
+    matches = [m for key in run.metrics if (m := VAR_KEY.match(key))]
+    return max(matches, key=lambda m: int(m.group(1))).string if matches else ""
 
 
 def analysis_plots(groups: list[Group], out: Path, normalized: bool) -> list[str]:

@@ -20,9 +20,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _scale(runs: list[RunRecord], alignment: Alignment) -> str:
     depths = sorted({run.num_layers for run in runs if run.num_layers})
-    widths = sorted(
-        {run.int_param("model.hidden_size") for run in runs if run.int_param("model.hidden_size")}
-    )
+    widths = sorted({width for run in runs if (width := run.int_param("model.hidden_size"))})
     tokens = [p.tokens for p in alignment.points.values() if p.tokens]
     seen = (
         f"{min(tokens):,}-{max(tokens):,}"
@@ -51,6 +49,8 @@ def _claims_section(results: list[ClaimResult], runs: list[RunRecord], alignment
         if not result.judged:
             lines += [f"**not enough runs**: {result.reason}.", "", f"Paper: {claim.paper}.", ""]
             continue
+        # a judged result always has both groups and its measures
+        assert result.low is not None and result.high is not None and result.measures is not None
         lines.append(
             f"Compared `{result.low.label}` (n={len(result.low.runs)}) with `{result.high.label}` "
             f"(n={len(result.high.runs)}). Paper: {claim.paper}."
@@ -102,7 +102,7 @@ def render(
     for group, est in table.groups:
         reached = [r for r in group.runs if alignment.points[r.run_id].reached]
         row = [group.label, str(len(reached)), ", ".join(r.seed or "?" for r in reached) or "—"]
-        row += [est[c.key].text() if est.get(c.key) else "—" for c in cols]
+        row += [e.text() if (e := est.get(c.key)) else "—" for c in cols]
         group_rows.append(row)
     lines += _md_table(["group", "n", "seeds", *[c.title for c in cols]], group_rows)
     lines += ["", "n counts the runs that reached the comparison point.", "", "## Runs", ""]

@@ -8,6 +8,7 @@ Variance growth is the least-squares slope of ln(residual variance) against the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def variance_profile(run: RunRecord, step: int, pattern=VAR_KEY) -> list[float] 
     if not layers:
         return None
     values = [value_at(series, step) for series in layers.values()]
-    return None if any(v is None for v in values) else values
+    return None if any(v is None for v in values) else cast(list[float], values)
 
 
 def run_values(run: RunRecord, point: RunPoint) -> dict[str, float | None]:
@@ -128,9 +129,7 @@ def build_table(groups: list[Group], alignment: Alignment) -> Table:
     for group in groups:
         members = [run for run in group.runs if alignment.points[run.run_id].reached]
         estimates = {
-            c.key: Estimate.of(
-                [rows[r.run_id].get(c.key) for r in members if rows[r.run_id].get(c.key) is not None]
-            )
+            c.key: Estimate.of([v for r in members if (v := rows[r.run_id].get(c.key)) is not None])
             for c in columns
         }
         group_rows.append((group, estimates))

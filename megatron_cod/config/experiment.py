@@ -72,7 +72,7 @@ class ExperimentConfig:
             )
         if not m.is_moe and ep > 1:
             raise ConfigError(f"expert-model-parallel-size ({ep}) needs --num-experts")
-        if m.is_moe and m.num_experts % ep:
+        if m.num_experts is not None and m.num_experts % ep:  # is_moe
             raise ConfigError(
                 f"num-experts ({m.num_experts}) is not divisible by expert-model-parallel-size ({ep})"
             )

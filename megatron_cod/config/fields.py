@@ -13,9 +13,12 @@ import math
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from megatron_cod.config.errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 POSITIVE = "positive"
 NON_NEGATIVE = "non-negative"
@@ -129,7 +132,7 @@ def coerce_field(cls: type, name: str, value: Any, *, from_text: bool) -> Any:
         raise ConfigError(f"{label(cls, name)} must be {describe(hint)}, got {value!r}") from None
 
 
-def validate_fields(section: object) -> None:
+def validate_fields(section: DataclassInstance) -> None:
     """Type-check each field (ints accepted for floats), then its declared choices and bound."""
     cls = type(section)
     for f in dataclasses.fields(cls):

@@ -21,17 +21,22 @@ class LoggingConfig:
     wandb_mode: str = option("offline", help="W&B mode", choices=("online", "offline", "disabled"))
     journal: bool = option(True, help="write <run_dir>/metrics.jsonl")
     tracker_queue_size: int = option(
-        10000, help="tracker calls buffered for the background worker before the oldest are dropped "
-        "(the journal keeps everything; cod-sync replays it)", bound=POSITIVE
+        10000,
+        help="tracker calls buffered for the background worker before the oldest are dropped "
+        "(the journal keeps everything; cod-sync replays it)",
+        bound=POSITIVE,
     )
     tracker_timeout: float = option(
-        10.0, help="seconds an MLflow/W&B request may take before the tracker is treated as lost", bound=POSITIVE
+        10.0,
+        help="seconds an MLflow/W&B request may take before the tracker is treated as lost",
+        bound=POSITIVE,
     )
     tracker_drain_timeout: float = option(
         30.0, help="seconds the end of training waits for buffered tracker calls", bound=POSITIVE
     )
     peak_tflops: float | None = option(
-        None, help="peak dense TFLOP/s of one device for MFU (None: from the GPU table; no MFU on CPU)",
+        None,
+        help="peak dense TFLOP/s of one device for MFU (None: from the GPU table; no MFU on CPU)",
         bound=POSITIVE,
     )
     run_tags: list[str] = option(

@@ -125,6 +125,7 @@ class ModelConfig:
             if self.moe_shared_expert_intermediate_size is not None:
                 raise ConfigError("moe-shared-expert-intermediate-size needs --num-experts")
             return
+        assert self.num_experts is not None  # is_moe
         if self.moe_router_topk > self.num_experts:
             raise ConfigError(
                 f"moe-router-topk ({self.moe_router_topk}) exceeds num-experts ({self.num_experts})"

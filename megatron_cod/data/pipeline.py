@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import numpy
 
@@ -212,11 +213,13 @@ def preprocess(config: PreprocessConfig) -> PreprocessSummary:
     with outputs:
         files: dict[str, str] = {"summary": str(config.summary_path)}
         if config.train_tokenizer:
+            assert config.vocab_size is not None  # validated with --train-tokenizer
             tokenizer = train_bpe_tokenizer(_texts(reader(), paths), config.vocab_size)
             tokenizer.save(outputs.temp(config.tokenizer_dir))
             tokenizer_name = str(config.tokenizer_dir)
             files["tokenizer"] = tokenizer_name
         else:
+            assert config.tokenizer is not None  # validated: --tokenizer or --train-tokenizer
             tokenizer = load_tokenizer(config.tokenizer)
             tokenizer_name = str(config.tokenizer)
         dtype = choose_dtype(tokenizer.vocab_size, config.dtype, tokenizer_name)
@@ -300,6 +303,17 @@ def _chunks(reader: InputReader, positions: list[int]) -> Iterator[list[tuple[st
         yield chunk
 
 
+class _Counts(TypedDict):
+    split: str | None
+    documents: int
+    sentences: int
+    tokens: int
+    empty_records: int
+    blank_lines: int
+    lines_with_replacements: int
+    input_bytes: int
+
+
 def _write_documents(
     config: PreprocessConfig,
     paths: Sequence[Path],
@@ -307,7 +321,7 @@ def _write_documents(
     encoder: DocumentEncoder,
     outputs: OutputFiles,
     dtype,
-) -> dict[str, int]:
+) -> _Counts:
     builders = {
         key: open_builder(outputs.temp(Path(config.data_prefix(key) + ".bin")), dtype)
         for key in config.json_keys

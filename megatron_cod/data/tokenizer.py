@@ -18,6 +18,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import cast
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -59,8 +60,9 @@ class CodTokenizer:
         self.eod_token = eod_token
         self.pad_token = pad_token
         self.source = source
-        self._eod = hf_tokenizer.token_to_id(eod_token)
-        self._pad = hf_tokenizer.token_to_id(pad_token)
+        # both are in the vocabulary: eod checked above, pad added above when missing
+        self._eod = cast(int, hf_tokenizer.token_to_id(eod_token))
+        self._pad = cast(int, hf_tokenizer.token_to_id(pad_token))
         self.sha256 = hashlib.sha256(hf_tokenizer.to_str().encode("utf-8")).hexdigest()
         self.unique_identifiers = OrderedDict(
             [
@@ -82,7 +84,7 @@ class CodTokenizer:
 
     def __setstate__(self, state: dict) -> None:
         hf = Tokenizer.from_str(state["json"])
-        self.__init__(hf, state["eod_token"], state["pad_token"], state["source"])
+        type(self).__init__(self, hf, state["eod_token"], state["pad_token"], state["source"])
 
     @property
     def hf_tokenizer(self) -> Tokenizer:
