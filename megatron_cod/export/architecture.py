@@ -143,7 +143,7 @@ def export_target(m: Any, vocab_size: int) -> Target:
         bos_token_id=None,
     )
     if not m.is_moe:
-        config = LlamaConfig(
+        config: PretrainedConfig = LlamaConfig(
             **common,
             intermediate_size=m.effective_ffn_hidden_size,
             attention_bias=False,

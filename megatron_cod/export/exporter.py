@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -72,7 +72,8 @@ def hf_model_twin(model: torch.nn.Module, model_cfg: Any) -> torch.nn.Module:
 
     from megatron_cod.export.mapping import to_hf
 
-    target = export_target(model_cfg, int(model.vocab_size))
+    # a GPTModel: megatron's attributes are not visible through nn.Module
+    target = export_target(model_cfg, int(cast(Any, model).vocab_size))
     hf = AutoModelForCausalLM.from_config(target.config, dtype=torch.float32)
     state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     tensors = {name: t.detach().float().clone() for name, t in to_hf(state, target)}

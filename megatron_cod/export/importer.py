@@ -10,9 +10,10 @@ the original tensors bit for bit.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -31,12 +32,12 @@ class Imported:
 
 
 @contextlib.contextmanager
-def tensor_reader(directory: Path) -> Callable[[str], torch.Tensor]:
+def tensor_reader(directory: Path) -> Iterator[Callable[[str], torch.Tensor]]:
     """``read(name)`` for the safetensors of an HF directory, one tensor at a time."""
     from safetensors import safe_open
 
     with contextlib.ExitStack() as stack:
-        where = {}
+        where: dict[str, Any] = {}  # tensor name -> its file's safe_open handle
         for file in weight_files(directory):
             handle = stack.enter_context(safe_open(str(file), "pt"))
             where.update({name: handle for name in handle.keys()})

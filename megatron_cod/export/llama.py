@@ -5,6 +5,8 @@ Directory exports go through ``exporter.export_checkpoint``; both use the rules 
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from transformers import LlamaForCausalLM
 
@@ -18,7 +20,8 @@ def to_llama(model: torch.nn.Module, rope_theta: float) -> LlamaForCausalLM:
     """
     from megatron_cod.config import ModelConfig
 
-    cfg = model.config
+    gpt: Any = model  # a GPTModel: megatron's attributes are not visible through nn.Module
+    cfg = gpt.config
     if cfg.num_moe_experts:
         raise ValueError("to_llama exports dense models; this model has MoE layers")
     heads = cfg.num_attention_heads
@@ -30,14 +33,14 @@ def to_llama(model: torch.nn.Module, rope_theta: float) -> LlamaForCausalLM:
         num_attention_heads=heads,
         group_query_attention=groups != heads,
         num_query_groups=groups if groups != heads else None,
-        seq_length=model.max_sequence_length,
+        seq_length=gpt.max_sequence_length,
         normalization=cfg.normalization,
         swiglu=cfg.gated_linear_unit,
         rotary_base=int(rope_theta),
-        untie_embeddings_and_output_weights=not model.share_embeddings_and_output_weights,
+        untie_embeddings_and_output_weights=not gpt.share_embeddings_and_output_weights,
         layernorm_epsilon=cfg.layernorm_epsilon,
         layernorm_scaling=any(
-            "layernorm_scaling" in getattr(layer, "variants", ()) for layer in model.decoder.layers
+            "layernorm_scaling" in getattr(layer, "variants", ()) for layer in gpt.decoder.layers
         ),
     )
-    return hf_model_twin(model, model_cfg)
+    return cast(LlamaForCausalLM, hf_model_twin(model, model_cfg))

@@ -126,6 +126,7 @@ def to_hf(state: Mapping[str, torch.Tensor], target: Target) -> Iterator[tuple[s
     """(HF name, tensor) pairs, one at a time: views where the layout allows, else one small copy."""
     for rule in rules(target):
         if rule.megatron is None:
+            assert rule.shape is not None  # a constant-zero rule always has its shape
             yield rule.hf, torch.zeros(rule.shape, dtype=state["decoder.final_layernorm.weight"].dtype)
             continue
         tensor = state[rule.megatron]

@@ -88,7 +88,8 @@ def write_safetensors(
                         f"{tuple(tensor.shape)}"
                     )
                 data = tensor.detach().to(dtype).contiguous().reshape(-1)
-                f.write(memoryview(data.view(torch.uint8).numpy()))
+                # ndarray supports the buffer protocol; numpy's stubs do not declare it
+                f.write(memoryview(data.view(torch.uint8).numpy()))  # type: ignore[arg-type]
     if next(stream, None) is not None:
         raise RuntimeError("tensor stream longer than its layout")
     if len(shards) > 1:

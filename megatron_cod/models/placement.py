@@ -68,10 +68,9 @@ def _unfused(spec: Any, fused_linear: type | None, plain_linear: type | None) ->
         for f in dataclasses.fields(spec.submodules)
         if getattr(spec.submodules, f.name) is fused_linear
     }
+    submodules: Any = spec.submodules  # a dataclass instance (checked above), never a class
     return (
-        dataclasses.replace(spec, submodules=dataclasses.replace(spec.submodules, **changes))
-        if changes
-        else spec
+        dataclasses.replace(spec, submodules=dataclasses.replace(submodules, **changes)) if changes else spec
     )
 
 
@@ -91,7 +90,8 @@ def place_norms(
     if kind == "peri":
         return dataclasses.replace(layer, self_attn_output_layernorm=norm, mlp_output_layernorm=norm)
     if kind == "post":
-        return dataclasses.replace(
+        # megatron ships no type information, so mypy cannot see the inherited fields
+        return dataclasses.replace(  # type: ignore[call-arg]
             layer,
             input_layernorm=IdentityOp,
             pre_mlp_layernorm=IdentityOp,

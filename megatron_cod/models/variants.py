@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from megatron.core.transformer.identity_op import IdentityOp
@@ -46,7 +46,7 @@ def apply_layernorm_scaling(layer: torch.nn.Module) -> None:
         return  # a Post-LN layer (the bottom of Mix-LN) has no sub-layer input norm to scale
     if placement != "pre":
         raise ValueError(f"LayerNorm Scaling is defined for Pre-LN layers, not {placement!r}")
-    scale = layernorm_scaling_factor(layer.layer_number)
+    scale = layernorm_scaling_factor(cast(int, layer.layer_number))
     hook = _scale_first_output(scale)
     for norm_name, fused_owner, fused_linear in (
         ("input_layernorm", "self_attention", "linear_qkv"),

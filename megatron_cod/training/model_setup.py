@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from megatron.core.distributed import (
@@ -36,5 +36,5 @@ def build_training_model(cfg: Any, vocab_size: int) -> list[torch.nn.Module]:
 def unwrap_gpt(chunk: torch.nn.Module) -> torch.nn.Module:
     """The GPTModel inside DDP / Float16Module wrappers."""
     while hasattr(chunk, "module"):
-        chunk = chunk.module
+        chunk = cast(torch.nn.Module, chunk.module)
     return chunk
