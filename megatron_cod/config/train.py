@@ -29,11 +29,40 @@ class TrainConfig:
         bound=POSITIVE,
     )
     exit_signal_handler: bool = option(True, help="on SIGTERM, save a checkpoint and exit cleanly")
+    on_nan: str = option(
+        "stop",
+        help="non-finite loss or gradients: stop (exit 1, run FAILED, no checkpoint of that step) or skip "
+        "the update (up to --max-skipped-steps)",
+        choices=("stop", "skip"),
+    )
+    max_skipped_steps: int = option(
+        10, help="with --on-nan skip: stop once more updates than this were skipped", bound=NON_NEGATIVE
+    )
+    inject_fault: list[str] = option(
+        help="FOR TESTS: KIND@STEP with KIND nan (the middle layer's output becomes NaN at STEP), "
+        "kill-in-save (SIGKILL half-way through STEP's save) or sigterm (SIGTERM at STEP); one or more",
+        default_factory=list,
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)
+        for item in self.inject_fault:
+            parse_fault(item)
         if self.global_batch_size % self.micro_batch_size:
             raise ConfigError(
                 f"global-batch-size ({self.global_batch_size}) must be divisible by "
                 f"micro-batch-size ({self.micro_batch_size})"
             )
+
+
+FAULT_KINDS = ("nan", "kill-in-save", "sigterm")
+
+
+def parse_fault(item: str) -> tuple[str, int]:
+    """("nan", 5) from "nan@5"; a ConfigError naming the flag otherwise."""
+    kind, sep, step = item.partition("@")
+    if not sep or kind not in FAULT_KINDS or not step.isdigit() or int(step) < 1:
+        raise ConfigError(
+            f"inject-fault must be KIND@STEP with KIND in {', '.join(FAULT_KINDS)} and STEP >= 1, got {item!r}"
+        )
+    return kind, int(step)

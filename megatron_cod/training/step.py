@@ -43,7 +43,7 @@ class StepResult:
     skipped: bool
 
 
-def _run_schedule(
+def run_schedule(
     stream,
     model: list[torch.nn.Module],
     num_microbatches: int,
@@ -82,19 +82,25 @@ def train_step(
     seq_length: int,
     micro_batch_size: int,
     after_backward: Callable[[], None] | None = None,
+    skip_update: Callable[[torch.Tensor], bool] | None = None,
 ) -> StepResult:
+    """One optimizer step. ``skip_update(loss_total)`` (the reduced [loss sum, token count]) runs
+    after the backward pass; True drops this update, like megatron's found-inf path."""
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    losses_reduced = _run_schedule(
+    losses_reduced = run_schedule(
         stream, model, num_microbatches, seq_length, micro_batch_size, forward_only=False
     )
     if after_backward is not None:
         after_backward()
-    update_ok, grad_norm, _ = optimizer.step()
+    total = reduce_lm_loss(losses_reduced)
+    if skip_update is not None and skip_update(total):
+        update_ok, grad_norm = False, None
+    else:
+        update_ok, grad_norm, _ = optimizer.step()
     if update_ok:
         scheduler.step(increment=1)
-    total = reduce_lm_loss(losses_reduced)
     last = ps.is_pipeline_last_stage(ignore_virtual=True)
     return StepResult(
         loss=(total[0] / total[1].clamp_min(1)).item() if last else None,
@@ -121,9 +127,7 @@ def evaluate(
     try:
         for _ in range(eval_iters):
             total += reduce_lm_loss(
-                _run_schedule(
-                    stream, model, num_microbatches, seq_length, micro_batch_size, forward_only=True
-                )
+                run_schedule(stream, model, num_microbatches, seq_length, micro_batch_size, forward_only=True)
             )
     finally:
         for chunk in model:
@@ -137,4 +141,12 @@ def num_microbatches(global_batch_size: int, micro_batch_size: int, dp_size: int
     return global_batch_size // (micro_batch_size * dp_size)
 
 
-__all__ = ["StepResult", "train_step", "evaluate", "forward_step", "loss_func", "num_microbatches"]
+__all__ = [
+    "StepResult",
+    "evaluate",
+    "forward_step",
+    "loss_func",
+    "num_microbatches",
+    "run_schedule",
+    "train_step",
+]

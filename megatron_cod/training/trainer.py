@@ -2,7 +2,8 @@
 
     on_train_start
     while iteration < train_iters:
-        on_step_start -> forward/backward (after_backward) -> optimizer step -> on_step_end
+        on_step_start -> forward/backward (after_backward) -> before_update
+                      -> optimizer step (unless a callback asked to skip it) -> on_step_end
         evaluate (on_evaluate)  if a callback asked for it
         save     (on_save)      if a callback asked for it
         stop                    if a callback asked for it
@@ -15,11 +16,12 @@ saves, exit signals, the NaN guard) is a callback; see ``callbacks/__init__.py``
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from megatron.core import parallel_state as ps
 
 from megatron_cod import platform
@@ -88,6 +90,8 @@ class Trainer:
             cfg.train.global_batch_size, cfg.train.micro_batch_size, ctx.data_parallel_size
         )
         self.callbacks: list[Callback] = []
+        # called half-way through a save, after the shards and before it becomes the latest (fault tests)
+        self.save_midway: Callable[[], None] | None = None
         self.control = Control()
         self.outcome = TrainingOutcome(iteration=0, run_dir=None)
 
@@ -148,6 +152,7 @@ class Trainer:
             self.layout,
             tokenizer=self.data.tokenizer,
             mlflow_run_id=self.mlflow_run_id,
+            midway=self.save_midway,
         )
         self.outcome.checkpoint = path
         self._dispatch("on_save", self.iteration, path)
@@ -195,6 +200,7 @@ class Trainer:
             self.cfg.model.seq_length,
             t.micro_batch_size,
             after_backward=lambda: self._dispatch("after_backward", iteration),
+            skip_update=lambda loss_total: self._before_update(iteration, loss_total),
         )
         elapsed = time.perf_counter() - start
         self.iteration = iteration
@@ -208,6 +214,10 @@ class Trainer:
         step = StepEnd(iteration, result, elapsed, result.tokens, t.global_batch_size, metrics)
         self._dispatch("on_step_end", step)
         return step
+
+    def _before_update(self, iteration: int, loss_total: torch.Tensor) -> bool:
+        self._dispatch("before_update", iteration, loss_total)
+        return self.control.skip_update
 
     def _dispatch(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:

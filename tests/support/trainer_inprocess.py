@@ -27,6 +27,9 @@ class Recorder:
     def after_backward(self, trainer, iteration):
         self.events.append(("after_backward", iteration))
 
+    def before_update(self, trainer, iteration, loss_total):
+        self.events.append(("before_update", iteration))
+
     def on_step_end(self, trainer, step):
         self.events.append(("on_step_end", step.iteration))
         step.metrics["custom/iteration_squared"] = float(step.iteration**2)

@@ -8,14 +8,15 @@ from trainer_inprocess import run
 
 pytestmark = pytest.mark.slow
 ITERS, EVAL, SAVE = 4, 2, 3
-DEFAULT_ORDER = ["TelemetryCallback", "ScheduleCallback", "ExitSignalCallback", "Recorder", "ConsoleCallback",
+DEFAULT_ORDER = ["TelemetryCallback", "ThroughputCallback", "ScheduleCallback", "ExitSignalCallback", "NanGuardCallback",
+                 "Recorder", "ConsoleCallback",
                  "DepthPlotsCallback", "TrackingCallback"]
 
 
 def _expected_events():
     events = [("on_train_start",)]
     for it in range(1, ITERS + 1):
-        events += [("on_step_start", it), ("after_backward", it), ("on_step_end", it)]
+        events += [("on_step_start", it), ("after_backward", it), ("before_update", it), ("on_step_end", it)]
         if it % EVAL == 0 or it == ITERS:
             events.append(("on_evaluate", it))
         if it % SAVE == 0 or it == ITERS:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import torch
+
     from megatron_cod.training.step import StepResult
     from megatron_cod.training.trainer import Trainer
 
@@ -61,6 +63,10 @@ class Callback:
 
     def after_backward(self, trainer: Trainer, iteration: int) -> None:
         """Gradients of ``iteration`` are complete (reduced across data-parallel ranks), before the update."""
+
+    def before_update(self, trainer: Trainer, iteration: int, loss_total: torch.Tensor) -> None:
+        """Before the optimizer step; ``loss_total`` is [loss sum, token count] reduced over data-parallel
+        ranks (zeros off the last pipeline stage). Set ``trainer.control.skip_update`` to drop the update."""
 
     def on_step_end(self, trainer: Trainer, step: StepEnd) -> None:
         """After the optimizer step; may add to ``step.metrics`` and set ``trainer.control``."""
