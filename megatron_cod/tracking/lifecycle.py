@@ -54,7 +54,9 @@ def end_state(exc: BaseException | None) -> tuple[RunStatus, str | None]:
 
 
 @contextlib.contextmanager
-def tracked_run(tracker: Tracker | NullTracker, *, handle_sigterm: bool = True) -> Iterator[Tracker]:
+def tracked_run(
+    tracker: Tracker | NullTracker, *, handle_sigterm: bool = True
+) -> Iterator[Tracker | NullTracker]:
     """Finish `tracker` as KILLED (Ctrl-C, SIGTERM), FAILED (any other error, with the reason) or
     FINISHED; re-raise errors.
 

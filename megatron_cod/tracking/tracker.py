@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from megatron_cod.config import LoggingConfig
@@ -24,7 +25,7 @@ RUN_DIR_TAG = tags.RUN_DIR
 FAILURE_TAG = "megatron_cod.failure"
 
 
-def _as_text(values: dict[str, object]) -> dict[str, str]:
+def _as_text(values: Mapping[str, object]) -> dict[str, str]:
     return {str(key): str(value) for key, value in values.items()}
 
 

@@ -33,7 +33,7 @@ def build_training_model(cfg: Any, vocab_size: int) -> list[torch.nn.Module]:
     return [wrapped]
 
 
-def unwrap_gpt(chunk: torch.nn.Module) -> torch.nn.Module:
+def unwrap_gpt(chunk: torch.nn.Module) -> Any:
     """The GPTModel inside DDP / Float16Module wrappers."""
     while hasattr(chunk, "module"):
         chunk = cast(torch.nn.Module, chunk.module)

@@ -53,7 +53,7 @@ def locate_nonfinite(trainer: Any, stream: Any) -> str:
     layers = [layer for chunk in trainer.model for layer in unwrap_gpt(chunk).decoder.layers]
     bad_outputs: list[int] = []
 
-    def check(layer: torch.nn.Module, args: Any, output: Any) -> None:
+    def check(layer: Any, args: Any, output: Any) -> None:
         if not bool(torch.isfinite(_output_tensor(output)).all()):
             bad_outputs.append(int(layer.layer_number))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from megatron.core import parallel_state as ps
@@ -75,7 +76,7 @@ def reduce_lm_loss(losses_reduced: list[dict]) -> torch.Tensor:
 
 def train_step(
     stream,
-    model: list[torch.nn.Module],
+    model: list[Any],
     optimizer,
     scheduler,
     num_microbatches: int,

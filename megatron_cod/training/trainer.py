@@ -75,11 +75,14 @@ class Trainer:
         self.ctx = ctx
         self.data = data
         self.config_yaml = config_yaml
-        self.model = model if model is not None else build_training_model(cfg, data.tokenizer.vocab_size)
+        self.model: list[Any] = (
+            model if model is not None else build_training_model(cfg, data.tokenizer.vocab_size)
+        )
         self.optimizer = build_optimizer(
             self.model, cfg.optim, cfg.model.bf16, cfg.parallel.use_distributed_optimizer
         )
-        self.model[0].config.grad_scale_func = self.optimizer.scale_loss
+        first: Any = self.model[0]
+        first.config.grad_scale_func = self.optimizer.scale_loss
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.train_iters)
         self.iteration = 0
         self.consumed = {"train": 0}
