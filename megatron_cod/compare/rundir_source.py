@@ -13,7 +13,7 @@ from megatron_cod.compare.errors import CompareError
 from megatron_cod.compare.records import AnalysisRecord, RunRecord, is_needed_key
 from megatron_cod.config import ConfigError, ExperimentConfig
 from megatron_cod.tracking import tags
-from megatron_cod.tracking.journal import JOURNAL_NAME, read_status
+from megatron_cod.tracking.journal import read_metrics, read_status
 
 CONFIG_NAME = "config.yaml"
 ANALYSIS_DIR = "analysis"
@@ -30,25 +30,15 @@ def _config(run_dir: Path) -> ExperimentConfig:
 
 
 def _metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    path = run_dir / JOURNAL_NAME
     by_key: dict[str, dict[int, float]] = {}
-    if not path.is_file():
-        return {}
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            step, values = int(record["step"]), record["metrics"]
-        except (ValueError, KeyError, TypeError):
-            # a crash can cut the last line short; anything else is a damaged journal
-            if number == len(lines):
-                break
-            raise CompareError(f"--run-dirs {path}: line {number} is not a journal record") from None
-        for key, value in values.items():
+    try:
+        records = read_metrics(run_dir)
+    except ValueError as exc:
+        raise CompareError(f"--run-dirs {exc}") from None
+    for record in records:
+        for key, value in record["metrics"].items():
             if is_needed_key(key):
-                by_key.setdefault(key, {})[step] = float(value)
+                by_key.setdefault(key, {})[record["step"]] = float(value)
     return {key: sorted(steps.items()) for key, steps in by_key.items()}
 
 

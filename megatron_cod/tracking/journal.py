@@ -57,18 +57,24 @@ def write_record(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The journal's metric lines; a torn last line (a crash mid-write) is ignored."""
+    """The journal's records ({"step": int, "metrics": {...}, ...}); a torn last line (a crash
+    mid-write) is ignored, any other damaged line is a ValueError naming it."""
     path = Path(run_dir) / JOURNAL_NAME
     if not path.is_file():
         return []
     lines = path.read_text(encoding="utf-8").splitlines()
     out = []
-    for i, line in enumerate(lines):
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:
-                raise
+            record = json.loads(line)
+            record["step"], record["metrics"] = int(record["step"]), dict(record["metrics"])
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}: line {number} is not a journal record") from None
+        out.append(record)
     return out
 
 

@@ -21,9 +21,10 @@ __all__ = ["TrainingOutcome", "parallel_layout", "pretrain"]
 
 def _check_save_dir(cfg: Any) -> None:
     save, load = cfg.checkpoint.save, cfg.checkpoint.load
-    if save and load is None and latest_iteration(save) is not None:
+    latest = latest_iteration(save) if save and load is None else None
+    if latest is not None:
         raise FileExistsError(
-            f"--save {save} already holds checkpoints (latest iteration {latest_iteration(save)}); "
+            f"--save {save} already holds checkpoints (latest iteration {latest}); "
             f"pass --load {save} to resume or choose another --save"
         )
 
