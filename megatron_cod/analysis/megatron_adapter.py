@@ -8,6 +8,7 @@ is rebuilt here as a single-rank model from the config.yaml saved beside it. Meg
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,8 +130,8 @@ def load_megatron_stack(path: str | Path) -> tuple[MegatronLayerStack, dict[str,
             "model.recompute_method": None,
             "model.recompute_num_layers": None,
             "model.bf16": False,
-            # TE checkpoints load into the local spec: its sharded keys are TE's (see
-            # local_spec_loads_te_keys), so analysis runs on any device, TE installed or not.
+            # TE checkpoints load into the local spec (see use_te_checkpoint_keys), so analysis
+            # runs on any device, Transformer Engine installed or not.
             "model.transformer_impl": "local",
         }
     )
@@ -140,6 +141,8 @@ def load_megatron_stack(path: str | Path) -> tuple[MegatronLayerStack, dict[str,
     model = build_gpt_model(
         single.model, tokenizer.vocab_size, single.parallel, pre_process=True, post_process=True
     )
+    if cfg.model.transformer_impl == "transformer_engine":
+        use_te_checkpoint_keys(model)
     layout = {"world_size": 1, "tp": 1, "pp": 1, "ep": 1, "distributed_optimizer": 0}
     iteration, _ = load_checkpoint(ckpt_dir, [model], None, None, layout, load_optim=False, load_rng=False)
     return (
@@ -147,6 +150,29 @@ def load_megatron_stack(path: str | Path) -> tuple[MegatronLayerStack, dict[str,
         _data_defaults(cfg, ckpt_dir),
         meta.get("mlflow_run_id"),
     )
+
+
+def use_te_checkpoint_keys(model: Any) -> None:
+    """Make a local-spec GPTModel read the sharded keys the Transformer Engine spec writes.
+
+    megatron's local spec already saves its Pre-LN norms under the names of TE's fused norm+linear
+    parameters (``input_layernorm.`` -> ``self_attention.linear_qkv.layer_norm_``,
+    ``pre_mlp_layernorm.`` -> ``mlp.linear_fc1.layer_norm_``): TE's layout for attention and dense
+    MLPs. A TE MoE layer has no linear_fc1 to fuse its pre-MLP norm into, so the TE spec builds that
+    norm as a TENorm of its own, saved as ``pre_mlp_layernorm.weight``: MoE layers here drop the
+    second mapping. Everything else has the same keys in both specs (megatron-core 0.16): the
+    router, the shared expert, and the experts, whose SequentialMLP with local or TE linears (and
+    TEGroupedMLP) write one ``mlp.experts.linear_fc{1,2}.weight`` tensor over the expert axis.
+    """
+    from megatron.core.transformer.moe.moe_layer import MoELayer
+
+    for layer in model.decoder.layers:
+        if isinstance(layer.mlp, MoELayer):
+            keys = dict(layer.submodules_config.sharded_state_dict_keys_map)
+            keys.pop("pre_mlp_layernorm.", None)
+            layer.submodules_config = dataclasses.replace(
+                layer.submodules_config, sharded_state_dict_keys_map=keys
+            )
 
 
 def _data_defaults(cfg: Any, ckpt_dir: Path) -> dict[str, Any]:

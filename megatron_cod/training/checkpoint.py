@@ -5,8 +5,11 @@ Layout (Megatron-LM's): ``<save>/iter_0000042/`` plus ``<save>/latest_checkpoint
 Crash safety: a checkpoint is written to ``iter_XXXXXXX.tmp``; its metadata file (``cod_checkpoint.json``)
 is written last, the directory is renamed only when every rank has finished, and the tracker file is
 replaced atomically after that. A process killed at any point therefore leaves the previous complete
-checkpoint as the latest. A directory without the metadata file (or a ``.tmp`` / ``.old`` leftover) is
-never chosen; a missing or corrupt tracker falls back, with a warning, to the newest complete iteration.
+checkpoint as the latest. Re-saving an iteration that already has a checkpoint moves the old copy to
+``iter_XXXXXXX.old`` just before the new one is renamed in; a kill between the two renames leaves the old
+copy as that iteration's checkpoint, and the next save renames it back. A directory without the metadata
+file (or a ``.tmp`` leftover) is never chosen; a missing or corrupt tracker falls back, with a warning, to
+the newest complete iteration.
 
 Untrusted files: loading never runs pickled code. torch.load is forced to ``weights_only`` for the whole
 load (megatron's common state, sharded objects and torch's byte items), and torch's pickled ``.metadata``
@@ -43,12 +46,13 @@ from torch.distributed.checkpoint.api import CheckpointException
 from megatron_cod.data.atomic import write_text_atomic
 from megatron_cod.platform.cpu_compat import cpu_compat_active, cpu_rng_tracker
 from megatron_cod.training.model_setup import unwrap_gpt
+from megatron_cod.training.writer_processes import writers_die_with_this_process
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 META_FILE = "cod_checkpoint.json"
 DCP_INDEX_FILE = ".metadata"  # torch.distributed.checkpoint's index of the shards: a pickle
 _ITER_DIR = re.compile(r"iter_(\d{7})")
-_PARTIAL_DIR = re.compile(r"iter_\d{7}\.(tmp|old)")
+_PARTIAL_DIR = re.compile(r"(iter_(\d{7}))\.(tmp|old)")
 # what a failed read or write raises; torch's CheckpointException is a BaseException
 _FAILURES = (Exception, CheckpointException)
 
@@ -75,19 +79,36 @@ def _is_complete(directory: Path, iteration: int) -> bool:
     return isinstance(meta, dict) and meta.get("iteration") == iteration
 
 
+def _set_aside(final: Path) -> Path:
+    """Where a re-save of the same iteration keeps the old copy while the new one is renamed in."""
+    return final.with_name(final.name + ".old")
+
+
+def complete_dir(root: str | Path, iteration: int) -> Path | None:
+    """The complete checkpoint of ``iteration`` under a --save root: its iteration directory, or the
+    old copy a re-save of that iteration set aside when it was killed before renaming the new one in."""
+    final = iteration_dir(root, iteration)
+    for candidate in (final, _set_aside(final)):
+        if candidate.is_dir() and _is_complete(candidate, iteration):
+            return candidate
+    return None
+
+
 def complete_iterations(root: str | Path) -> list[int]:
     """Iterations under a --save root whose save finished, oldest first."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = []
+    found = set()
     for child in root.iterdir():
-        match = _ITER_DIR.fullmatch(child.name)
-        if match and child.is_dir():
-            if _is_complete(child, int(match.group(1))):
-                found.append(int(match.group(1)))
-            else:
-                _warn(f"{child}: incomplete checkpoint (no valid {META_FILE}); ignored")
+        match = _ITER_DIR.fullmatch(child.name.removesuffix(".old"))
+        if not match or not child.is_dir():
+            continue
+        iteration = int(match.group(1))
+        if complete_dir(root, iteration) is not None:
+            found.add(iteration)
+        elif child.suffix != ".old":
+            _warn(f"{child}: incomplete checkpoint (no valid {META_FILE}); ignored")
     return sorted(found)
 
 
@@ -115,17 +136,26 @@ def latest_iteration(root: str | Path) -> int | None:
     if not text.isdigit():
         return _fallback(root, f"{tracker}: expected an iteration number, found {text[:40]!r}")
     iteration = int(text)
-    if not _is_complete(iteration_dir(root, iteration), iteration):
+    if complete_dir(root, iteration) is None:
         return _fallback(root, f"{tracker} names iteration {iteration}, whose checkpoint is incomplete")
     return iteration
 
 
 def _remove_partial_saves(root: Path) -> None:
-    """Leftovers of saves killed half-way (rank 0, before a new save): never loadable, only disk."""
+    """Leftovers of saves killed half-way (rank 0, before a new save): never loadable, only disk. An old
+    copy set aside by a killed re-save is its iteration's checkpoint: it goes back in place instead."""
     for child in root.iterdir():
-        if _PARTIAL_DIR.fullmatch(child.name) and child.is_dir():
-            _warn(f"removing {child}, left by an interrupted save")
-            shutil.rmtree(child, ignore_errors=True)
+        match = _PARTIAL_DIR.fullmatch(child.name)
+        if not match or not child.is_dir():
+            continue
+        final = root / match.group(1)
+        if match.group(3) == "old" and complete_dir(root, int(match.group(2))) == child:
+            _warn(f"restoring {final} from {child}, set aside by an interrupted save")
+            shutil.rmtree(final, ignore_errors=True)  # a partial directory of that name, if any
+            os.replace(child, final)
+            continue
+        _warn(f"removing {child}, left by an interrupted save")
+        shutil.rmtree(child, ignore_errors=True)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -251,7 +281,8 @@ def save_checkpoint(
             with_rng=True,
             is_loading=False,
         )
-        dist_checkpointing.save(state, str(tmp))
+        with writers_die_with_this_process():
+            dist_checkpointing.save(state, str(tmp))
         dist.barrier()
         if rank0:
             (tmp / "config.yaml").write_text(config_yaml)
@@ -289,7 +320,7 @@ def save_checkpoint(
 def _publish(root: Path, tmp: Path, final: Path, iteration: int) -> None:
     """Rename the finished save into place, then point the tracker at it. A checkpoint of the same
     iteration already there is moved aside first and removed last, so a kill leaves a complete one."""
-    old = final.with_name(final.name + ".old")
+    old = _set_aside(final)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
@@ -322,7 +353,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     iteration = latest_iteration(path)
     if iteration is None:
         raise FileNotFoundError(f"{path}: not a megatron_cod checkpoint (no {TRACKER_FILE} or {META_FILE})")
-    return iteration_dir(path, iteration)
+    return complete_dir(path, iteration) or iteration_dir(path, iteration)
 
 
 class _DcpIndexUnpickler(pickle.Unpickler):

@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from checkpoint_kill_worker import LAYOUT, TINY, parameter_sum  # noqa: E402
 
 WORKER = Path(__file__).parent / "checkpoint_kill_worker.py"
+FAULT_WORKER = Path(__file__).parent / "checkpoint_fault_worker.py"
 
 
 class Payload:
@@ -165,14 +167,26 @@ def test_a_failed_write_is_one_error_and_the_previous_checkpoint_stays_latest(sa
     assert _load(root) == (2, saved[1][2])
 
 
-def test_killed_half_way_through_a_save_the_previous_checkpoint_is_loaded(world, tmp_path):
-    root = tmp_path / "save"
+def _session_survivors(session: int) -> list[str]:
+    """'pid command' of each live process in a session (zombies are dead: only not yet reaped)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            state, _, _, sid = text[text.rindex(")") + 2 :].split()[:4]
+            if int(sid) == session and state != "Z":
+                found.append(f"{stat.parent.name} {text[text.index('(') : text.rindex(')') + 1]}")
+    return found
+
+
+def _run_killed(worker: Path, args: list[str], tmp_path: Path) -> tuple[str, list[str]]:
+    """Run a worker that gets SIGKILLed in a save; (its stdout, processes of its session still alive
+    5 s later). Files, not pipes: a helper process that outlived the worker would hold a pipe open.
+    Its own session lets the test find and end every process it started."""
     out, err = tmp_path / "stdout", tmp_path / "stderr"
-    # files, not pipes: the checkpoint writer's helper processes outlive the killed parent; its own
-    # session lets the test end them too
     with out.open("w") as stdout, err.open("w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, str(WORKER), str(root)],
+            [sys.executable, str(worker), *args],
             stdout=stdout,
             stderr=stderr,
             start_new_session=True,
@@ -180,14 +194,47 @@ def test_killed_half_way_through_a_save_the_previous_checkpoint_is_loaded(world,
         )
         try:
             code = proc.wait(timeout=300)
+            deadline = time.monotonic() + 5
+            while (survivors := _session_survivors(proc.pid)) and time.monotonic() < deadline:
+                time.sleep(0.1)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
     assert code == -signal.SIGKILL, err.read_text()[-3000:]
-    sum_at_1 = float(out.read_text().strip())
+    return out.read_text(), survivors
+
+
+def test_killed_half_way_through_a_save_the_previous_checkpoint_is_loaded(world, tmp_path):
+    root = tmp_path / "save"
+    out, survivors = _run_killed(WORKER, [str(root)], tmp_path)
+    sum_at_1 = float(out.strip())
     assert (root / "iter_0000002.tmp").is_dir()  # the shards of iteration 2 were written
     assert latest_iteration(root) == 1
     assert _load(root) == (1, sum_at_1)
+    assert not survivors  # megatron's writer Manager ends with the training
+
+
+def test_killed_while_resaving_an_iteration_its_old_copy_stays_the_latest(world, tmp_path, capsys):
+    root = tmp_path / "save"
+    out, _ = _run_killed(FAULT_WORKER, ["resave", str(root)], tmp_path)
+    sum_at_2 = float(out.strip())
+    # killed between moving the old copy aside and renaming the new one in
+    assert not iteration_dir(root, 2).exists() and (root / "iter_0000002.old").is_dir()
+    assert latest_iteration(root) == 2
+    assert _load(root) == (2, sum_at_2)
+    model = build_gpt_model(TINY, 64, ParallelConfig())
+    save_checkpoint(root, 3, [model], None, None, {"train": 3}, "{}\n", LAYOUT)  # the next save
+    assert "restoring" in capsys.readouterr().err
+    assert sorted(p.name for p in root.glob("iter_*")) == ["iter_0000001", "iter_0000002", "iter_0000003"]
+    assert _load(iteration_dir(root, 2)) == (2, sum_at_2)
+
+
+def test_a_training_killed_mid_write_leaves_no_writer_process(world, tmp_path):
+    root = tmp_path / "save"
+    out, survivors = _run_killed(FAULT_WORKER, ["mid-write", str(root)], tmp_path)
+    assert out.split(), "no shard writer ran"  # the writers print their pids
+    assert not survivors  # the writers (a minute left to write) and the Manager die with the training
+    assert latest_iteration(root) == 1
 
 
 def test_a_malicious_shard_index_is_refused_before_it_runs(saved, tmp_path):
