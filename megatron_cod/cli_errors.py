@@ -3,7 +3,8 @@
 Each ``main(argv)`` is wrapped by :func:`cli_main`. An exception reaching it becomes
 ``<prefix>error: <message>`` (the message names the flag, file or key) and an exit status:
 2 for usage errors (bad flags, values, combinations: argparse, ConfigError, CompareError, UsageError),
-1 for run-time failures (unreadable or corrupt files, refused models, a failed write), 130 for Ctrl-C.
+1 for run-time failures (unreadable or corrupt files, refused models, a failed write), 130 for Ctrl-C,
+143 for SIGTERM inside a tracked run (tracking.RunTerminated).
 ``--debug`` (taken out of argv before the command parses it) or ``COD_DEBUG=1`` lets the exception
 through with its traceback.
 
@@ -23,6 +24,7 @@ from typing import NoReturn, Protocol
 USAGE = 2
 FAILURE = 1
 INTERRUPTED = 130
+TERMINATED = 143
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "COD_DEBUG"
 
@@ -57,8 +59,9 @@ def _failure_types() -> tuple[type[BaseException], ...]:
     from megatron_cod.analysis.errors import AnalysisError
     from megatron_cod.data.errors import DataError
     from megatron_cod.export.errors import ExportError
+    from megatron_cod.tracking.sink import TrackingError
 
-    types: list[type[BaseException]] = [DataError, AnalysisError, ExportError]
+    types: list[type[BaseException]] = [DataError, AnalysisError, ExportError, TrackingError]
     checkpoint = sys.modules.get("megatron_cod.training.checkpoint")  # only loaded with torch
     if checkpoint is not None:
         types.append(checkpoint.CheckpointError)
@@ -132,6 +135,12 @@ def cli_main(prefix: str) -> Callable[[Main], EntryPoint]:
                     raise
                 code, message = describe(exc)
                 return report(prefix, code, message)
+            except BaseException as exc:
+                from megatron_cod.tracking.lifecycle import RunTerminated
+
+                if debug or not isinstance(exc, RunTerminated):
+                    raise
+                return report(prefix, TERMINATED, str(exc))
 
         return main
 

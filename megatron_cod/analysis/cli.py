@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers.utils import logging as hf_logging
 
+from megatron_cod.analysis.adapter import LayerStack
 from megatron_cod.analysis.causal import CausalConfig
 from megatron_cod.analysis.data import SPLIT_PARTS, DataConfig, load_eval_tokens
 from megatron_cod.analysis.errors import AnalysisError
@@ -23,17 +24,18 @@ from megatron_cod.analysis.evalset import EvalSet
 from megatron_cod.analysis.jacobian import MODES, VARIANTS, JacobianConfig
 from megatron_cod.analysis.loading import load_model
 from megatron_cod.analysis.logit_lens import LogitLensConfig
-from megatron_cod.analysis.mlflow_log import log_to_mlflow
+from megatron_cod.analysis.mlflow_log import flatten, log_report
 from megatron_cod.analysis.permutation import PermutationConfig, parse_pairs
 from megatron_cod.analysis.progress import NO_PROGRESS, RichProgress
 from megatron_cod.analysis.report import check_output_dir, package_versions, write_report
 from megatron_cod.analysis.residual import ResidualConfig
 from megatron_cod.analysis.sampling import SamplingConfig
 from megatron_cod.analysis.similarity import SimilarityConfig
-from megatron_cod.analysis.suite import METRICS, SuiteConfig, SuiteResults, run_suite
+from megatron_cod.analysis.suite import METRICS, SuiteConfig, run_suite
 from megatron_cod.analysis.tables import jsonable
 from megatron_cod.analysis.usefulness import UsefulnessConfig
 from megatron_cod.cli_errors import OneLineParser, cli_main
+from megatron_cod.tracking import ToolRun, open_tool_run, tags, tracked_run
 
 _HELP = {
     "jacobian": "per-layer Jacobian distance from the identity (exact or randomized)",
@@ -281,9 +283,32 @@ def run(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     hf_logging.disable_progress_bar()  # our own bars report progress; errors stay one line
     loaded = load_model(args.hf_model, args.checkpoint)
-    stack = loaded.stack
-    config = _suite_config(args, stack.num_layers)
+    config = _suite_config(args, loaded.stack.num_layers)
     data_config = _data_config(args, loaded.data_defaults)
+    if args.no_mlflow:
+        return _analyze(args, loaded.stack, config, data_config, output_dir, None)
+    # the run opens before the work, so a failure or a stop mid-way is recorded on it
+    mlflow_run = open_tool_run(
+        tags.KIND_ANALYSIS,
+        f"depth-analysis-{args.command}-{output_dir.name}",
+        args.mlflow_experiment,
+        args.mlflow_run_id,
+        loaded.parent_run_id,
+    )
+    with tracked_run(mlflow_run):
+        described = {"arguments": vars(args), "model": loaded.stack.describe()}
+        mlflow_run.log_params(flatten("", jsonable(described), {}))
+        return _analyze(args, loaded.stack, config, data_config, output_dir, mlflow_run)
+
+
+def _analyze(
+    args: argparse.Namespace,
+    stack: LayerStack,
+    config: SuiteConfig,
+    data_config: DataConfig,
+    output_dir: Path,
+    mlflow_run: ToolRun | None,
+) -> Path:
     tokens, data_info = load_eval_tokens(data_config)
     try:
         evalset = EvalSet(stack, tokens, args.batch_size, cache_bytes=int(args.cache_gb * 2**30))
@@ -317,31 +342,12 @@ def run(args: argparse.Namespace) -> Path:
     }
     files = write_report(output_dir, results, meta, args.overwrite)
     print(f"wrote {output_dir}: {', '.join(files)}")
-    if not args.no_mlflow:
-        run_id = log_report(args, loaded.parent_run_id, output_dir, results, meta)
-        print(f"mlflow run {run_id}")
+    if mlflow_run is not None:
+        data = jsonable(meta["data"])
+        data.pop("chunks", None)
+        log_report(mlflow_run, output_dir, results, {"data": data})
+        print(f"mlflow run {mlflow_run.run_id}")
     return output_dir
-
-
-def log_report(
-    args: argparse.Namespace,
-    parent: str | None,
-    output_dir: Path,
-    results: SuiteResults,
-    meta: dict[str, Any],
-) -> str:
-    params = {k: jsonable(meta[k]) for k in ("arguments", "model", "data")}
-    params["data"].pop("chunks", None)
-    run_name = f"depth-analysis-{args.command}-{output_dir.name}"
-    return log_to_mlflow(
-        output_dir,
-        results,
-        params,
-        args.mlflow_run_id or parent,
-        args.mlflow_experiment,
-        run_name,
-        parent_required=args.mlflow_run_id is not None,
-    )
 
 
 @cli_main("cod-analyze: ")

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from megatron_cod.analysis.errors import AnalysisError
+from megatron_cod.data.errors import DataError
+from megatron_cod.data.tokenizer import load_hf_tokenizer
 
 SPLIT_PARTS = ("train", "valid", "test")
 
@@ -100,27 +102,16 @@ def _indexed_stream(prefix: str, split: str, part: str) -> TokenStream:
     return TokenStream(lengths, lambda i, offset, count: np.asarray(dataset.get(first + i, offset, count)))
 
 
-def load_tokenizer_file(path: str) -> Any:
-    from tokenizers import Tokenizer
-
-    file = Path(path)
-    if file.is_dir():
-        file = file / "tokenizer.json"
-    if not file.is_file():
-        raise AnalysisError(f"--tokenizer {path}: no tokenizer.json there")
-    try:
-        return Tokenizer.from_file(str(file))
-    except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
-        raise AnalysisError(f"--tokenizer {path}: cannot read: {exc}") from exc
-
-
 def _text_stream(text_file: str, tokenizer_path: str, split: str, part: str) -> TokenStream:
     path = Path(text_file)
     if not path.is_file():
         raise AnalysisError(f"--text-file {text_file}: no such file")
     documents = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     begin, end = split_range(len(documents), split, part)
-    tokenizer = load_tokenizer_file(tokenizer_path)
+    try:
+        tokenizer = load_hf_tokenizer(tokenizer_path)
+    except DataError as exc:
+        raise AnalysisError(f"--tokenizer {exc}") from None
     encoded = [np.asarray(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(documents[begin:end])]
     lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
     return TokenStream(lengths, lambda i, offset, count: encoded[i][offset : offset + count])

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import platform
-import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from megatron_cod.analysis.plots import PLOTS
 from megatron_cod.analysis.stats import RESOLVE_SIGMAS
 from megatron_cod.analysis.suite import SuiteResults
 from megatron_cod.analysis.tables import TABLES, jsonable, result_dict
+from megatron_cod.data.atomic import staged_directory
 
 _PACKAGES = ("megatron_cod", "torch", "transformers", "megatron-core", "numpy", "tokenizers", "mlflow")
 
@@ -133,35 +132,24 @@ def _summary(results: SuiteResults, meta: dict[str, Any], figures: list[str], ta
 def write_report(path: Path, results: SuiteResults, meta: dict[str, Any], overwrite: bool) -> list[str]:
     """Write the report to ``path`` atomically; returns the file names written."""
     check_output_dir(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
     figures: list[str] = []
     tables: list[str] = []
-    payload: dict[str, Any] = {
-        **jsonable(meta),
-        "seconds": results.seconds,
-        "global": jsonable(results.global_metrics()),
-        "layer_curves": jsonable(results.layer_curves()),
-        "samples": results.samples,
-        "work": jsonable(results.work),
-        "unresolved": jsonable(unresolved_orders(results)),
-    }
-    for metric, result in results.present().items():
-        payload[metric] = result_dict(result)
-        for name, (header, rows) in TABLES[metric](result).items():
-            _write_csv(staging / f"{name}.csv", header, rows)
-            tables.append(f"{name}.csv")
-        figures += PLOTS[metric](result, staging)
-    (staging / "results.json").write_text(json.dumps(payload, indent=2, allow_nan=False))
-    (staging / "summary.md").write_text(_summary(results, meta, figures, tables))
-    if path.exists():
-        retired = path.parent / f".{path.name}.old-{os.getpid()}"
-        path.rename(retired)
-        staging.rename(path)
-        shutil.rmtree(retired)
-    else:
-        staging.rename(path)
+    with staged_directory(path) as staging:
+        payload: dict[str, Any] = {
+            **jsonable(meta),
+            "seconds": results.seconds,
+            "global": jsonable(results.global_metrics()),
+            "layer_curves": jsonable(results.layer_curves()),
+            "samples": results.samples,
+            "work": jsonable(results.work),
+            "unresolved": jsonable(unresolved_orders(results)),
+        }
+        for metric, result in results.present().items():
+            payload[metric] = result_dict(result)
+            for name, (header, rows) in TABLES[metric](result).items():
+                _write_csv(staging / f"{name}.csv", header, rows)
+                tables.append(f"{name}.csv")
+            figures += PLOTS[metric](result, staging)
+        (staging / "results.json").write_text(json.dumps(payload, indent=2, allow_nan=False))
+        (staging / "summary.md").write_text(_summary(results, meta, figures, tables))
     return ["results.json", "summary.md", *tables, *figures]

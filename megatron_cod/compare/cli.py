@@ -9,9 +9,8 @@ cod-compare --run-dirs runs/a runs/b --output-dir cmp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -102,10 +101,11 @@ def _check_selection(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> Path:
     from megatron_cod.compare import mlflow_source
-    from megatron_cod.compare.mlflow_log import finish_comparison_run, start_comparison_run
+    from megatron_cod.compare.mlflow_log import log_comparison, start_comparison_run
     from megatron_cod.compare.rundir_source import load_run_dirs
     from megatron_cod.config import LoggingConfig
-    from megatron_cod.tracking import resolve_tracking_uri
+    from megatron_cod.data.atomic import staged_directory
+    from megatron_cod.tracking import resolve_tracking_uri, tracked_run
 
     _check_selection(args)
     choice = PointChoice(args.at_tokens, args.at_step, args.final)
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> Path:
     varying, groups = group_runs(records)
     table = build_table(groups, alignment)
     claims = judge(table, varying) if args.claims else None
-    comparison_id = None
+    comparison = None
     if client is not None and not args.no_mlflow:
         params = {
             "selection": source,
@@ -138,30 +138,18 @@ def run(args: argparse.Namespace) -> Path:
             "varying": ",".join(varying),
             "claims": args.claims,
         }
-        comparison_id = start_comparison_run(
-            client, mlflow_runs, args.mlflow_experiment, output_dir.name, params
+        comparison = start_comparison_run(
+            client, uri, mlflow_runs, args.mlflow_experiment, output_dir.name, params
         )
-    try:
-        staging = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        figures = write_plots(groups, alignment, staging, args.normalized_depth)
-        (staging / "report.md").write_text(
-            render(args.title, source, records, varying, alignment, table, superseded, figures, claims)
-        )
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-        if comparison_id is not None:
-            finish_comparison_run(
-                client, comparison_id, output_dir, records if mlflow_runs else [], args.tag_compared
+    with tracked_run(comparison) if comparison is not None else contextlib.nullcontext():
+        with staged_directory(output_dir) as staging:
+            figures = write_plots(groups, alignment, staging, args.normalized_depth)
+            (staging / "report.md").write_text(
+                render(args.title, source, records, varying, alignment, table, superseded, figures, claims)
             )
-            print(f"[cod-compare] MLflow comparison run {comparison_id} in {uri}")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if client is not None and comparison_id is not None:
-            client.set_terminated(comparison_id, "FAILED")
-        raise
+        if comparison is not None:
+            log_comparison(client, comparison, output_dir, records if mlflow_runs else [], args.tag_compared)
+            print(f"[cod-compare] MLflow comparison run {comparison.run_id} in {uri}")
     print(f"[cod-compare] {len(records)} runs in {len(groups)} groups; report: {output_dir / 'report.md'}")
     return output_dir
 

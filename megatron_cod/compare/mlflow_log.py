@@ -1,6 +1,6 @@
-"""The comparison as an MLflow run of its own: tagged as a comparison, listing the compared runs,
-with report.md and the plots as artifacts. The compared runs are left alone unless asked to carry a
-tag pointing back at the comparison."""
+"""The comparison as an MLflow run of its own (tracking.open_tool_run): tagged as a comparison, listing
+the compared runs, with report.md and the plots as artifacts. The compared runs are left alone unless
+asked to carry a tag pointing back at the comparison."""
 
 from __future__ import annotations
 
@@ -9,47 +9,48 @@ from pathlib import Path
 from typing import Any
 
 from megatron_cod.compare.records import RunRecord
-from megatron_cod.tracking import tags
+from megatron_cod.tracking import ToolRun, open_tool_run, tags
 
 DEFAULT_EXPERIMENT = "comparisons"
 _TAG_LIMIT = 5000
 
 
-def _experiment_id(client: Any, runs: list[Any], name: str | None) -> str:
+def _experiment(client: Any, runs: list[Any], name: str | None) -> str:
+    """``name``, else the compared runs' experiment when they share one, else DEFAULT_EXPERIMENT."""
     shared = {run.info.experiment_id for run in runs}
     if name is None and len(shared) == 1:
-        return shared.pop()
-    name = name or DEFAULT_EXPERIMENT
-    experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+        return client.get_experiment(shared.pop()).name
+    return name or DEFAULT_EXPERIMENT
 
 
 def start_comparison_run(
-    client: Any, mlflow_runs: list[Any], experiment: str | None, run_name: str, params: dict[str, str]
-) -> str:
+    client: Any,
+    uri: str,
+    mlflow_runs: list[Any],
+    experiment: str | None,
+    run_name: str,
+    params: dict[str, object],
+) -> ToolRun:
     ids = ",".join(run.info.run_id for run in mlflow_runs)
-    run = client.create_run(
-        _experiment_id(client, mlflow_runs, experiment),
-        run_name=run_name,
-        tags={
-            tags.KIND: tags.KIND_COMPARISON,
-            tags.COMPARED_RUNS: ids if len(ids) <= _TAG_LIMIT else ids[: _TAG_LIMIT - 3] + "...",
-        },
+    run = open_tool_run(
+        tags.KIND_COMPARISON,
+        run_name,
+        _experiment(client, mlflow_runs, experiment),
+        extra_tags={tags.COMPARED_RUNS: ids if len(ids) <= _TAG_LIMIT else ids[: _TAG_LIMIT - 3] + "..."},
+        tracking_uri=uri,
     )
-    from mlflow.entities import Param
-
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
-    return run.info.run_id
+    run.log_params(params)
+    return run
 
 
-def finish_comparison_run(
-    client: Any, run_id: str, output_dir: Path, records: list[RunRecord], tag_compared: bool
+def log_comparison(
+    client: Any, run: ToolRun, output_dir: Path, records: list[RunRecord], tag_compared: bool
 ) -> None:
+    """The report directory and the list of compared runs as artifacts; optionally tag the compared runs."""
     (output_dir / "compared_runs.json").write_text(
         json.dumps([{"run_id": r.run_id, "name": r.name, "status": r.status} for r in records], indent=2)
     )
-    client.log_artifacts(run_id, str(output_dir))
+    run.log_artifact(output_dir)
     if tag_compared:
         for record in records:
-            client.set_tag(record.run_id, tags.COMPARISON_RUN, run_id)
-    client.set_terminated(run_id, "FINISHED")
+            client.set_tag(record.run_id, tags.COMPARISON_RUN, run.run_id)

@@ -201,7 +201,7 @@ def nested_runs(
     for run in search_runs(
         client, uri, experiment_ids, f"tags.`{tags.KIND}` = {_quote(kind)}", f"finding {kind} runs"
     ):
-        parent = run.data.tags.get(tags.PARENT_RUN) or run.data.tags.get("megatron_cod.training_run_id")
+        parent = run.data.tags.get(tags.PARENT_RUN) or run.data.tags.get(tags.TRAINING_RUN)
         if parent in parents and run.info.status == "FINISHED":
             if parent not in newest or run.info.start_time > newest[parent].info.start_time:
                 newest[parent] = run

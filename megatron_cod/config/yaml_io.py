@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from megatron_cod.config.errors import ConfigError
+from megatron_cod.data.atomic import atomic_file
 
 
 def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -35,13 +35,5 @@ def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def write_yaml_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     """Write `data` to a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            yaml.safe_dump(data, handle, sort_keys=False, default_flow_style=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        yaml.safe_dump(data, handle, sort_keys=False, default_flow_style=False)

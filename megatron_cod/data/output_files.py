@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from megatron_cod.data.atomic import replace_path
 from megatron_cod.data.errors import DataError
 
 
@@ -46,9 +47,7 @@ class OutputFiles:
             temp = self._temps[final]
             if not (temp.exists() or temp.is_symlink()):
                 continue
-            if final.is_dir() and not final.is_symlink():
-                shutil.rmtree(final)
-            os.replace(temp, final)
+            replace_path(temp, final)
         self._committed = True
 
     def abort(self) -> None:

@@ -145,19 +145,38 @@ def load_tokenizer(path: str | Path) -> CodTokenizer:
     :meth:`CodTokenizer.save` or by HF), or Megatron GPT-2 ``vocab.json`` + ``merges.txt``
     (the directory or the ``vocab.json`` path). Anything else raises :class:`DataError`.
     """
-    path = Path(path)
+    file, merges = _resolve(Path(path))
+    if merges is not None:
+        hf = _read_gpt2(file, merges)
+        if hf.token_to_id(DEFAULT_EOD) is None:
+            raise DataError(f"{file}: GPT-2 vocabulary has no {DEFAULT_EOD} token")
+        return CodTokenizer(hf, DEFAULT_EOD, DEFAULT_PAD, source=str(file))
+    hf = _read_tokenizer_json(file)
+    eod, pad = _special_tokens_for(file, hf)
+    return CodTokenizer(hf, eod, pad, source=str(file))
+
+
+def load_hf_tokenizer(path: str | Path) -> Tokenizer:
+    """The ``tokenizers.Tokenizer`` that :func:`load_tokenizer` reads, as it is: no end-of-document or
+    pad token required or added (for tokenizing text a model reads, e.g. analysis data)."""
+    file, merges = _resolve(Path(path))
+    return _read_tokenizer_json(file) if merges is None else _read_gpt2(file, merges)
+
+
+def _resolve(path: Path) -> tuple[Path, Path | None]:
+    """(tokenizer.json, None) or (vocab.json, merges.txt) for a tokenizer file or directory."""
     if path.is_dir():
         if (path / TOKENIZER_FILE).is_file():
-            return _from_tokenizer_json(path / TOKENIZER_FILE)
+            return path / TOKENIZER_FILE, None
         if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-            return _from_gpt2_files(path / "vocab.json", path / "merges.txt")
+            return path / "vocab.json", path / "merges.txt"
         raise DataError(
             f"{path}: not a tokenizer directory (no {TOKENIZER_FILE}, nor vocab.json + merges.txt)"
         )
     if path.is_file():
         if path.name == "vocab.json" and (path.parent / "merges.txt").is_file():
-            return _from_gpt2_files(path, path.parent / "merges.txt")
-        return _from_tokenizer_json(path)
+            return path, path.parent / "merges.txt"
+        return path, None
     raise DataError(f"{path}: no such tokenizer file or directory")
 
 
@@ -194,14 +213,11 @@ def _special_contents(hf: Tokenizer) -> set[str]:
     return {tok.content for tok in hf.get_added_tokens_decoder().values() if tok.special}
 
 
-def _from_tokenizer_json(file: Path) -> CodTokenizer:
+def _read_tokenizer_json(file: Path) -> Tokenizer:
     try:
-        hf = Tokenizer.from_file(str(file))
+        return Tokenizer.from_file(str(file))
     except Exception as exc:  # tokenizers raises a bare Exception for any unreadable file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{file}: not a tokenizer ({reason})") from None
-    eod, pad = _special_tokens_for(file, hf)
-    return CodTokenizer(hf, eod, pad, source=str(file))
+        raise DataError(f"{file}: not a tokenizer ({_first_line(exc)})") from None
 
 
 def _special_tokens_for(file: Path, hf: Tokenizer) -> tuple[str, str]:
@@ -225,18 +241,20 @@ def _special_tokens_for(file: Path, hf: Tokenizer) -> tuple[str, str]:
     return eod, pad
 
 
-def _from_gpt2_files(vocab: Path, merges: Path) -> CodTokenizer:
+def _read_gpt2(vocab: Path, merges: Path) -> Tokenizer:
     try:
         model = models.BPE.from_file(str(vocab), str(merges))
     except Exception as exc:  # tokenizers raises a bare Exception for malformed files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{vocab}: not a GPT-2 vocab.json + merges.txt pair ({reason})") from None
+        raise DataError(f"{vocab}: not a GPT-2 vocab.json + merges.txt pair ({_first_line(exc)})") from None
     hf = Tokenizer(model)
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
-    if hf.token_to_id(DEFAULT_EOD) is None:
-        raise DataError(f"{vocab}: GPT-2 vocabulary has no {DEFAULT_EOD} token")
-    return CodTokenizer(hf, DEFAULT_EOD, DEFAULT_PAD, source=str(vocab))
+    return hf
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _first_known(hf: Tokenizer, names: Iterable[str]) -> str | None:

@@ -14,11 +14,16 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from megatron_cod.cli_errors import OneLineParser, cli_main
+from megatron_cod.data.atomic import staged_directory
+from megatron_cod.export.cli import mlflow_flags
 from megatron_cod.export.errors import ExportError
-from megatron_cod.export.hf_dir import PROVENANCE_FILE, check_output, staged_directory
+from megatron_cod.export.hf_dir import PROVENANCE_FILE, check_output
+
+if TYPE_CHECKING:
+    from megatron_cod.tracking import ToolRun
 
 DEFAULT_NUM_ITEMS = 500
 
@@ -45,14 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the test split of the built-in corpus the model trained on)",
     )
     p.add_argument("--num-items", type=int, default=DEFAULT_NUM_ITEMS, help="items built per local task")
-    group = p.add_argument_group("MLflow (store: MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    group.add_argument("--mlflow-run-id", help="nest under this run (default: the model's training run)")
-    group.add_argument(
-        "--mlflow-experiment",
-        default="megatron_cod",
-        help="experiment when the training run is not in this store",
-    )
-    group.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    mlflow_flags(p)
     return p
 
 
@@ -90,6 +88,32 @@ def _source_of_hf_dir(hf_dir: Path) -> tuple[str | None, str | None]:
 
 
 def _evaluate(args: argparse.Namespace, hf_dir: Path, run_id: str | None, builtin: str | None) -> int:
+    from megatron_cod.tracking import open_tool_run, tags, tracked_run
+
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not names:
+        raise ExportError("--tasks is empty")
+    output = Path(args.output_dir)
+    if args.no_mlflow:
+        _run_tasks(args, hf_dir, builtin, names, None)
+        return 0
+    # the run opens before the work, so a failure or a stop mid-way is recorded on it
+    run = open_tool_run(
+        tags.KIND_EVAL, f"eval-{output.name}", args.mlflow_experiment, args.mlflow_run_id, run_id
+    )
+    print(f"mlflow run {run.run_id}")
+    with tracked_run(run):
+        run.log_params(
+            {"model": args.hf_model or args.checkpoint, "tasks": ",".join(names), "limit": args.limit}
+        )
+        _run_tasks(args, hf_dir, builtin, names, run)
+    return 0
+
+
+def _run_tasks(
+    args: argparse.Namespace, hf_dir: Path, builtin: str | None, names: list[str], run: ToolRun | None
+) -> None:
+    """Evaluate ``names`` into --output-dir (replaced whole at the end); log the metrics to ``run``."""
     from transformers import AutoConfig, AutoTokenizer
 
     from megatron_cod.evaluation.items import build_items, write_jsonl
@@ -100,11 +124,7 @@ def _evaluate(args: argparse.Namespace, hf_dir: Path, run_id: str | None, builti
         metrics_of,
         run_lm_eval,
     )
-    from megatron_cod.tracking import tags as run_tags
 
-    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    if not names:
-        raise ExportError("--tasks is empty")
     output = Path(args.output_dir)
     with staged_directory(output) as tmp:
         tasks: list[str | dict] = list(names)
@@ -136,22 +156,10 @@ def _evaluate(args: argparse.Namespace, hf_dir: Path, run_id: str | None, builti
         (tmp / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
         (tmp / "results.md").write_text(markdown_table(metrics, counts))
     print((output / "results.md").read_text(), end="")
-    if not args.no_mlflow:
-        from megatron_cod.export.mlflow_log import log_run
-
-        params = {"model": summary["model"], "tasks": ",".join(names), "limit": str(args.limit)}
-        mlflow_id = log_run(
-            run_tags.KIND_EVAL,
-            f"eval-{output.name}",
-            args.mlflow_run_id or run_id,
-            args.mlflow_experiment,
-            args.mlflow_run_id is not None,
-            params,
-            metrics,
-            [output / "results.json", output / "results.md"],
-        )
-        print(f"mlflow run {mlflow_id}")
-    return 0
+    if run is not None:
+        run.log_metrics(metrics)
+        for name in ("results.json", "results.md"):
+            run.log_artifact(output / name)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -9,15 +9,21 @@ Errors are one line on stderr ("cod-export: error: ..."), exit status 1 (2 for b
 from __future__ import annotations
 
 import argparse
-import sys
+from typing import TYPE_CHECKING
 
 from megatron_cod.cli_errors import OneLineParser, UsageError, cli_main
+from megatron_cod.export.errors import ExportError
 from megatron_cod.export.hf_dir import DEFAULT_MAX_SHARD_BYTES, DTYPES, PROVENANCE_FILE
 
+if TYPE_CHECKING:
+    from megatron_cod.export.exporter import Exported
+    from megatron_cod.tracking import ToolRun
 
-def _mlflow_flags(parser: argparse.ArgumentParser) -> None:
+
+def mlflow_flags(parser: argparse.ArgumentParser) -> None:
+    """The MLflow flags of cod-export and cod-eval."""
     group = parser.add_argument_group("MLflow (store: MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    group.add_argument("--mlflow-run-id", help="nest under this run (default: the checkpoint's training run)")
+    group.add_argument("--mlflow-run-id", help="nest under this run (default: the model's training run)")
     group.add_argument(
         "--mlflow-experiment",
         default="megatron_cod",
@@ -54,14 +60,13 @@ def export_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="safetensors shard size; a larger model gets several files and an index",
     )
-    _mlflow_flags(p)
+    mlflow_flags(p)
     return p
 
 
 def _export(args: argparse.Namespace) -> int:
     from megatron_cod.export.exporter import export_checkpoint
-    from megatron_cod.export.verify import FP32_TOLERANCE, sample_tokens, verify_export
-    from megatron_cod.tracking import tags as run_tags
+    from megatron_cod.tracking import open_tool_run, tags, tracked_run
 
     if args.max_shard_size <= 0:
         raise UsageError(f"--max-shard-size must be positive, got {args.max_shard_size}")
@@ -77,8 +82,32 @@ def _export(args: argparse.Namespace) -> int:
         f"exported {done.target.architecture} (iteration {done.provenance['iteration']}, {args.dtype}) "
         f"to {done.output} in {done.seconds:.1f}s"
     )
+    if args.no_mlflow:
+        _verify(args, done, None)
+        return 0
+    run = open_tool_run(
+        tags.KIND_EXPORT,
+        f"export-{done.output.name}",
+        args.mlflow_experiment,
+        args.mlflow_run_id,
+        done.training_run_id,
+    )
+    print(f"mlflow run {run.run_id}")
+    with tracked_run(run):
+        run.log_params({k: v for k, v in done.provenance.items() if v is not None})
+        _verify(args, done, run)
+    return 0
+
+
+def _verify(args: argparse.Namespace, done: Exported, run: ToolRun | None) -> None:
+    """With --verify, compare the export's logits with the checkpoint's; log the figures to ``run``.
+
+    Raises ExportError when an fp32 export's logits differ by more than the tolerance.
+    """
+    from megatron_cod.export.verify import FP32_TOLERANCE, sample_tokens, verify_export
+
     metrics = {"export/seconds": done.seconds}
-    failed = False
+    parity = None
     if args.verify:
         vocab: int = done.model.vocab_size  # type: ignore[assignment]  # a GPTModel attribute
         ids = sample_tokens(vocab, min(64, done.target.config.max_position_embeddings))
@@ -88,31 +117,11 @@ def _export(args: argparse.Namespace) -> int:
             f"verify: max |logit diff| {parity.max_abs_diff:.3e}, top-1 agreement "
             f"{parity.top1_agreement:.2%} on {parity.num_tokens} tokens"
         )
-        failed = args.dtype == "fp32" and not parity.max_abs_diff <= FP32_TOLERANCE
-    if not args.no_mlflow:
-        from megatron_cod.export.mlflow_log import log_run
-
-        params = {k: v for k, v in done.provenance.items() if v is not None}
-        run_id = log_run(
-            run_tags.KIND_EXPORT,
-            f"export-{done.output.name}",
-            args.mlflow_run_id or done.training_run_id,
-            args.mlflow_experiment,
-            args.mlflow_run_id is not None,
-            params,
-            metrics,
-            [done.output / PROVENANCE_FILE],
-            failed,
-        )
-        print(f"mlflow run {run_id}")
-    if failed:
-        print(
-            f"cod-export: error: verify failed: max |logit diff| {metrics['verify/max_abs_logit_diff']:.3e} "
-            f"> {FP32_TOLERANCE:g}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    if run is not None:
+        run.log_metrics(metrics)
+        run.log_artifact(done.output / PROVENANCE_FILE)
+    if parity is not None and args.dtype == "fp32" and not parity.max_abs_diff <= FP32_TOLERANCE:
+        raise ExportError(f"verify failed: max |logit diff| {parity.max_abs_diff:.3e} > {FP32_TOLERANCE:g}")
 
 
 def import_parser() -> argparse.ArgumentParser:

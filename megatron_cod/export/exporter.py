@@ -19,6 +19,7 @@ import torch
 
 import megatron_cod
 from megatron_cod.analysis.errors import AnalysisError
+from megatron_cod.data.atomic import staged_directory
 from megatron_cod.data.errors import DataError
 from megatron_cod.export.architecture import Target, export_target
 from megatron_cod.export.errors import ExportError
@@ -26,7 +27,6 @@ from megatron_cod.export.hf_dir import (
     DEFAULT_MAX_SHARD_BYTES,
     DTYPES,
     check_output,
-    staged_directory,
     write_model_dir,
 )
 

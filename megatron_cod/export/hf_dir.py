@@ -1,4 +1,4 @@
-"""A Hugging Face model directory: written through a temporary sibling and renamed, or read back.
+"""A Hugging Face model directory: written (into a staged directory, see data.atomic), or read back.
 
 Written: safetensors (streamed, sharded with an index above ``max_shard_bytes``), config.json,
 generation_config.json, the tokenizer (tokenizer.json + tokenizer_config.json for AutoTokenizer,
@@ -8,11 +8,8 @@ provenance file.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -35,27 +32,6 @@ def check_output(output: Path, force: bool, flag: str = "--output") -> None:
         raise ExportError(f"{flag} {output} is a file, not a directory")
     if output.is_dir() and any(output.iterdir()) and not force:
         raise ExportError(f"{flag} {output} is not empty (pass --force to replace it)")
-
-
-@contextlib.contextmanager
-def staged_directory(output: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``output``; on success it replaces ``output`` whole."""
-    output = output.resolve()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.partial-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = output.with_name(f".{output.name}.old-{os.getpid()}")
-    if output.exists():
-        os.replace(output, old)
-    os.replace(tmp, output)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_tokenizer(directory: Path, tokenizer: CodTokenizer, model_max_length: int) -> None:

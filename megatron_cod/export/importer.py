@@ -18,10 +18,11 @@ from typing import Any
 import torch
 import yaml
 
+from megatron_cod.data.atomic import staged_directory
 from megatron_cod.data.errors import DataError
 from megatron_cod.export.architecture import ARCHITECTURES, import_target
 from megatron_cod.export.errors import ExportError
-from megatron_cod.export.hf_dir import check_output, staged_directory, weight_files
+from megatron_cod.export.hf_dir import check_output, weight_files
 from megatron_cod.export.mapping import from_hf
 
 

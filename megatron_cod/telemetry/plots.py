@@ -8,9 +8,7 @@ renamed), so a reader never sees a partial PNG and each evaluation refreshes the
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from megatron_cod.data.atomic import atomic_file  # noqa: E402
 
 History = Sequence[tuple[int, dict[str, float]]]
 
@@ -54,15 +54,9 @@ def _residual_steps(
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path, "wb") as f:
             fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     finally:
         plt.close(fig)
     return path

@@ -7,9 +7,18 @@ import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import Protocol, TypeVar
 
 from megatron_cod.tracking.sink import RunStatus
-from megatron_cod.tracking.tracker import NullTracker, Tracker
+
+
+class EndableRun(Protocol):
+    """What a run needs to be ended: Tracker, NullTracker and tool_run.ToolRun have it."""
+
+    def finish(self, status: RunStatus = "FINISHED", reason: str | None = None) -> None: ...
+
+
+R = TypeVar("R", bound=EndableRun)
 
 
 class RunTerminated(BaseException):
@@ -54,10 +63,8 @@ def end_state(exc: BaseException | None) -> tuple[RunStatus, str | None]:
 
 
 @contextlib.contextmanager
-def tracked_run(
-    tracker: Tracker | NullTracker, *, handle_sigterm: bool = True
-) -> Iterator[Tracker | NullTracker]:
-    """Finish `tracker` as KILLED (Ctrl-C, SIGTERM), FAILED (any other error, with the reason) or
+def tracked_run(tracker: R, *, handle_sigterm: bool = True) -> Iterator[R]:
+    """Finish `tracker` (any run) as KILLED (Ctrl-C, SIGTERM), FAILED (any other error, with the reason) or
     FINISHED; re-raise errors.
 
     handle_sigterm=False leaves SIGTERM to another handler (e.g. megatron's exit-signal handler, which

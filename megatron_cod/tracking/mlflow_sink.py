@@ -97,7 +97,7 @@ class MlflowSink:
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=tracking_uri)
-        experiment_id = _ensure_experiment(client, experiment, tracking_uri)
+        experiment_id = ensure_experiment(client, experiment, tracking_uri)
         run = client.create_run(experiment_id, run_name=run_name)
         return cls(client, run.info.run_id, experiment_id, tracking_uri)
 
@@ -143,7 +143,8 @@ class MlflowSink:
         return f"mlflow ui --backend-store-uri {self.tracking_uri}"
 
 
-def _ensure_experiment(client: Any, name: str, uri: str) -> str:
+def ensure_experiment(client: Any, name: str, uri: str) -> str:
+    """The id of the active experiment ``name``, created (artifacts beside a sqlite store) if missing."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)

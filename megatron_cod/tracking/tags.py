@@ -19,6 +19,8 @@ KIND_EXPORT = "export"
 KIND_COMPARISON = "comparison"
 
 PARENT_RUN = "mlflow.parentRunId"
+TRAINING_RUN = "megatron_cod.training_run_id"  # the training run of a non-nested run (it is in another store)
+FAILURE = "megatron_cod.failure"  # why a FAILED run failed
 RUN_DIR = "megatron_cod.run_dir"
 CONFIG_HASH = "megatron_cod.config_hash"
 SEED = "megatron_cod.seed"

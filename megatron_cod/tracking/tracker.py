@@ -22,7 +22,6 @@ from megatron_cod.tracking.wandb_sink import WandbSink, import_wandb
 from megatron_cod.tracking.worker import BackgroundSink
 
 RUN_DIR_TAG = tags.RUN_DIR
-FAILURE_TAG = "megatron_cod.failure"
 
 
 def _as_text(values: Mapping[str, object]) -> dict[str, str]:
@@ -154,7 +153,7 @@ class Tracker:
         if self.status is not None:
             return
         if reason:
-            self.set_tags({FAILURE_TAG: reason})
+            self.set_tags({tags.FAILURE: reason})
         self.status = status
         if self._journal is not None:
             self._journal.finish(status, reason)

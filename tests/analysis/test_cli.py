@@ -115,7 +115,7 @@ def test_all_writes_the_report_and_matches_the_api(workdir):
     summary = (out / "summary.md").read_text()
     assert "usefulness_score" in summary and "![jacobian.png](jacobian.png)" in summary
     assert "## Layer orders not resolved" in summary and "| permutation |" in summary
-    assert not list(workdir.glob(".report.tmp-*"))
+    assert not list(workdir.glob(".report.*"))
 
 
 def test_existing_output_needs_overwrite(workdir, capsys):
@@ -154,6 +154,56 @@ def test_mlflow_run_nested_under_a_training_run(workdir, monkeypatch):
     assert child.data.params["arguments.usefulness_threshold"] == "1.01"
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
     assert {"results.json", "usefulness.csv", "usefulness.png", "summary.md"} <= artifacts
+
+
+def _training_run(workdir: Path, monkeypatch, store: str):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{workdir}/{store}.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(tracking_uri=uri)
+    return client, client.create_run(client.create_experiment("training")).info.run_id
+
+
+def _only_child(client, parent: str):
+    (child,) = client.search_runs(
+        [client.get_run(parent).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    return child
+
+
+def test_an_analysis_failing_after_its_run_opened_leaves_it_failed_with_the_reason(
+    workdir, monkeypatch, capsys
+):
+    client, parent = _training_run(workdir, monkeypatch, "failed")
+    # the corpus holds fewer than 500 sequences: found when the data is read, after the run opened
+    assert main(args(workdir, "variance", "failed", "--mlflow-run-id", parent, "--num-samples", "500")) == 1
+    # the one error line (MLflow may log its store set-up before it)
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert "needs more data" in err
+    child = _only_child(client, parent)
+    assert child.info.status == "FAILED" and child.data.tags["megatron_cod.kind"] == "analysis"
+    assert (
+        child.data.tags["megatron_cod.failure"]
+        == f"AnalysisError: {err.removeprefix('cod-analyze: error: ')}"
+    )
+    assert child.data.params["arguments.num_samples"] == "500"
+    assert not (workdir / "failed").exists()
+
+
+def test_an_analysis_stopped_mid_metric_leaves_its_run_killed(workdir, monkeypatch):
+    import megatron_cod.analysis.residual as residual
+
+    client, parent = _training_run(workdir, monkeypatch, "killed")
+
+    def stopped(self, batch):
+        raise KeyboardInterrupt  # Ctrl-C while the metric works through a batch
+
+    monkeypatch.setattr(residual.ResidualAccumulator, "add", stopped)
+    assert main(args(workdir, "variance", "killed", "--mlflow-run-id", parent)) == 130
+    child = _only_child(client, parent)
+    assert child.info.status == "KILLED" and "megatron_cod.failure" not in child.data.tags
+    assert not (workdir / "killed").exists()
 
 
 @pytest.mark.parametrize(

@@ -88,3 +88,15 @@ def test_bad_data_input(tmp_path):
     prefix = build_indexed(tmp_path, [[[1, 2, 3]]] * 4)
     with pytest.raises(AnalysisError, match="needs more data"):
         load_eval_tokens(DataConfig(data_prefix=prefix, num_samples=5, seq_length=4, split="50,50,0"))
+
+
+@pytest.mark.parametrize("content", ["{not json", ""])
+def test_a_bad_tokenizer_is_one_line_naming_the_flag_and_the_file(tmp_path, content):
+    (tmp_path / "text.txt").write_text("hello world\n" * 10)
+    (tmp_path / "tokenizer.json").write_text(content)
+    config = DataConfig(text_file=str(tmp_path / "text.txt"), tokenizer=str(tmp_path), split="50,50,0")
+    with pytest.raises(AnalysisError) as info:
+        load_eval_tokens(config)
+    message = str(info.value)
+    assert message.startswith(f"--tokenizer {tmp_path / 'tokenizer.json'}: not a tokenizer (")
+    assert len(message.splitlines()) == 1

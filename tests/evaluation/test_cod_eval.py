@@ -100,3 +100,26 @@ def test_checkpoint_is_exported_evaluated_and_nested_under_its_training_run(tmp_
     assert {"results.json", "results.md"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
     # an existing output directory is kept unless --force
     assert main(["--checkpoint", str(ckpt), "--output-dir", str(out), "--no-mlflow"]) == 1
+
+
+def test_an_eval_failing_after_its_run_opened_leaves_it_failed_with_the_reason(tiny_export, tmp_path, monkeypatch,
+                                                                               capsys):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.create_run(client.create_experiment("training")).info.run_id
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    out = tmp_path / "eval"
+    assert main(["--hf-model", str(tiny_export), "--eval-data", str(empty), "--output-dir", str(out),
+                 "--mlflow-run-id", parent]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # MLflow logs too
+    assert errors == [f"cod-eval: error: --eval-data {empty}: no documents"]
+    (child,) = client.search_runs([client.get_run(parent).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent}'")
+    assert child.info.status == "FAILED" and child.data.tags["megatron_cod.kind"] == "eval"
+    assert child.data.tags["megatron_cod.failure"] == f"ExportError: --eval-data {empty}: no documents"
+    assert child.data.params["tasks"] == "cod_cloze,cod_next_sentence"
+    assert not out.exists()
