@@ -18,7 +18,7 @@ import torch
 
 from megatron_cod.analysis.adapter import LayerStack, skip_layers
 from megatron_cod.analysis.evalset import Batch, EvalSet
-from megatron_cod.analysis.lm_loss import log_probs, row_loss_sums, token_kl, top1_agreement
+from megatron_cod.analysis.lm_loss import variant_stats
 from megatron_cod.analysis.progress import NO_PROGRESS, ProgressReporter
 from megatron_cod.analysis.sampling import Accumulator, SamplingConfig, feed
 from megatron_cod.analysis.stats import (
@@ -94,6 +94,14 @@ class CausalAccumulator(Accumulator):
     """Per sequence: the update-difference and update norms, and each skip's KL, agreement, loss."""
 
     name = "causal"
+    targets = {
+        # C[s, l] is a relative change of a layer's update, of order 0.1-1 (1 = as large as the
+        # update itself): 0.05 resolves cells 0.1 apart, far finer than the patterns the matrix shows.
+        "matrix": 0.05,
+        "skip_kl": 0.01,  # nats
+        "top1_agreement": 0.05,  # a fraction of tokens
+        "loss_ratio": 0.01,
+    }
 
     def __init__(self, stack: LayerStack, cap: int) -> None:
         super().__init__(0, cap)
@@ -111,7 +119,7 @@ class CausalAccumulator(Accumulator):
         with torch.no_grad():
             base_updates = [states[l + 1] - states[l] for l in range(num_layers)]
             denominator = torch.stack([per_token_norm(f).sum(dim=1) for f in base_updates], dim=1)
-            base = log_probs(stack.head(states[-1]))
+            reference = batch.reference()
             for s in range(num_layers):
 
                 def compare(position: int, h_in: torch.Tensor, h_out: torch.Tensor, s: int = s) -> None:
@@ -120,16 +128,14 @@ class CausalAccumulator(Accumulator):
                         numerator[:, s, position] = per_token_norm(diff).sum(dim=1)
 
                 h = stack.run(states[s], batch.ctx, start=s, overrides=skip_layers(s), hook=compare)
-                skipped = log_probs(stack.head(h))
-                outputs[:, 0, s] = token_kl(base, skipped).sum(dim=1)
-                outputs[:, 1, s] = top1_agreement(base, skipped).sum(dim=1)
-                outputs[:, 2, s] = row_loss_sums(skipped, batch.input_ids)
+                loss, kl, agree = variant_stats(stack.head(h), batch.input_ids, reference).unbind(1)
+                outputs[:, 0, s], outputs[:, 1, s], outputs[:, 2, s] = kl, agree, loss
         tokens = torch.full((rows, 1), batch.input_ids.shape[1], dtype=torch.float64, device=stack.device)
         self.effects.add(torch.cat([numerator.reshape(rows, -1), denominator.double(), tokens], dim=1))
         self.outputs.add(outputs)
         self.base.add(torch.stack([batch.row_loss_sums.double(), tokens[:, 0] - 1], dim=1))
         # a skip at s re-runs layers s+1..L-1 (the skipped position itself costs nothing)
-        self.count(batch, layer=num_layers * (num_layers - 1) // 2, head=num_layers)
+        self.count(batch, layer=num_layers * (num_layers - 1) // 2, head=num_layers, compare=num_layers)
 
     def _scores(self) -> tuple[Scored, Scored, Scored]:
         num_layers = self.stack.num_layers
@@ -140,10 +146,15 @@ class CausalAccumulator(Accumulator):
         ratio = ratio_of_sums(outputs[:, 2], base[:, :1])
         return matrix, per_token, ratio
 
-    def max_stderr(self) -> float:
+    def stderrs(self) -> dict[str, float]:
         matrix, per_token, ratio = self._scores()
         upper = matrix.stderr[np.triu_indices(self.stack.num_layers, k=1)]
-        return float(max(upper.max(initial=0.0), per_token.stderr[0].max(), ratio.stderr.max()))
+        return {
+            "matrix": float(upper.max(initial=0.0)),
+            "skip_kl": float(per_token.stderr[0].max()),
+            "top1_agreement": float(per_token.stderr[1].max()),
+            "loss_ratio": float(ratio.stderr.max()),
+        }
 
     def result(self) -> CausalResult:
         matrix, per_token, ratio = self._scores()

@@ -4,19 +4,25 @@ One forward per batch captures h_0..h_L and the baseline loss; every metric star
 forwards from these cached inputs. Batches are kept in memory while their states fit in
 ``cache_bytes`` (the first ones, which every metric visits); later batches are recomputed when a
 second pass needs them. Token ids and states live on the model's device.
+
+The baseline output distribution (``Batch.reference``, for the metrics that compare distributions)
+is built on first use from the baseline forward's own log-probabilities and kept for the most
+recent batch only: the metrics that need it visit a batch together, so it is never recomputed
+in a pass and never held for more than one batch.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 
 from megatron_cod.analysis.adapter import LayerStack
-from megatron_cod.analysis.lm_loss import log_probs, loss_count, row_loss_sums
+from megatron_cod.analysis.lm_loss import Reference, log_probs, loss_count, row_loss_sums
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,11 @@ class Batch:
     ctx: Any
     states: list[torch.Tensor]
     row_loss_sums: torch.Tensor
+    reference_source: Callable[[], Reference] = field(repr=False, compare=False)
+
+    def reference(self) -> Reference:
+        """The unperturbed model's output distribution on these rows."""
+        return self.reference_source()
 
     @property
     def num_tokens(self) -> int:
@@ -62,6 +73,9 @@ class EvalSet:
         self.forwards_run = 0
         self.sequences_forwarded = 0  # sequences through the baseline forward (recomputations included)
         self.forward_seconds = 0.0
+        # (batch index, the baseline's log-probs or the Reference built from them): the latest batch's
+        self._output: tuple[int, torch.Tensor | Reference] | None = None
+        self.references_built = 0  # heads run only to rebuild a reference (counted as work)
 
     @property
     def num_sequences(self) -> int:
@@ -87,16 +101,37 @@ class EvalSet:
         with torch.no_grad():
             ctx = self.stack.prepare(ids)
             states = [h.detach() for h in self.stack.capture_states(ids, ctx)]
-            losses = row_loss_sums(log_probs(self.stack.head(states[-1])), ids)
+            output = log_probs(self.stack.head(states[-1]))
+            losses = row_loss_sums(output, ids)
+        self._output = (index, output)
         self.forwards_run += 1
         self.sequences_forwarded += ids.shape[0]
         self.forward_seconds += time.perf_counter() - began
-        batch = Batch(ids, ctx, states, losses)
+        batch = Batch(ids, ctx, states, losses, lambda: self._reference(index))
         size = sum(h.numel() * h.element_size() for h in states)
         if self._cached_bytes + size <= self.cache_bytes:
             self._cache[index] = batch
             self._cached_bytes += size
         return batch
+
+    def _reference(self, index: int) -> Reference:
+        if self._output is None or self._output[0] != index:
+            batch = self._full_batch(index)  # cached: its log-probs were not kept, run the head again
+            if self._output is None or self._output[0] != index:
+                with torch.no_grad():
+                    self._output = (index, log_probs(self.stack.head(batch.states[-1])))
+                self.references_built += batch.input_ids.shape[0]
+        output = self._output
+        assert output is not None
+        if isinstance(output[1], torch.Tensor):
+            with torch.no_grad():
+                output = (index, Reference.from_log_probs(output[1]))
+            self._output = output
+        assert isinstance(output[1], Reference)
+        return output[1]
+
+    def _reference_rows(self, index: int, lo: int, hi: int) -> Reference:
+        return self._reference(index).rows(lo, hi)
 
     def batches(self, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
         """Batches covering sequences [start, stop); edge batches are cut to that range."""
@@ -112,7 +147,11 @@ class EvalSet:
             else:
                 ids = batch.input_ids[lo:hi]
                 yield Batch(
-                    ids, self.stack.prepare(ids), [h[lo:hi] for h in batch.states], batch.row_loss_sums[lo:hi]
+                    ids,
+                    self.stack.prepare(ids),
+                    [h[lo:hi] for h in batch.states],
+                    batch.row_loss_sums[lo:hi],
+                    partial(self._reference_rows, index, lo, hi),
                 )
 
     def baseline_loss(self, start: int = 0, stop: int | None = None) -> float:

@@ -206,6 +206,7 @@ class JacobianAccumulator(Accumulator):
     """VJP sums of every (layer, variant) over the sequences seen; the probes are fixed per layer."""
 
     name = "jacobian"
+    targets = {"jacobian_norm": 0.01}  # ||J - I||_F / d
     chunk = 2  # each sequence costs hundreds of VJPs: take few at a time so sampling can stop early
     min_samples = 2
 
@@ -245,9 +246,9 @@ class JacobianAccumulator(Accumulator):
             num_sequences=self.sequences,
         )
 
-    def max_stderr(self) -> float:
+    def stderrs(self) -> dict[str, float]:
         # the probe (jackknife) error of ||J - I||_F / d; 0 in exact mode
-        return max(entry.scores.jacobian_norm.stderr for entry in self.result().layers)
+        return {"jacobian_norm": max(entry.scores.jacobian_norm.stderr for entry in self.result().layers)}
 
 
 def jacobian_scores(

@@ -1,14 +1,17 @@
-"""Language-model loss and output-distribution comparisons in fp32, from log-probabilities.
+"""Language-model loss and output-distribution comparisons in fp32.
 
-Callers take ``log_probs`` once per set of logits and reuse it for the loss, the KL and the
-top-1 comparison: the log-softmax over the vocabulary is the expensive part.
+The unperturbed model's output distribution is turned once per batch into a ``Reference``
+(probabilities, negative entropy, top-1 token); every perturbed variant is then compared with it
+by ``variant_stats``: one log-softmax of the variant's logits gives its loss, and the KL is one
+row-wise dot product with the reference probabilities. Nothing about the reference is recomputed
+per variant; the log-softmax over the vocabulary is the expensive part.
 """
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
 
-from megatron_cod.analysis.adapter import LayerStack
+import torch
 
 
 def log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -31,16 +34,44 @@ def loss_count(input_ids: torch.Tensor) -> int:
     return input_ids.shape[0] * (input_ids.shape[1] - 1)
 
 
-def token_kl(reference_log_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
-    """KL(p_reference || p) for each token, in nats."""
-    return (reference_log_probs.exp() * (reference_log_probs - log_probs)).sum(dim=-1)
+def _rowwise_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_v a[..., v] b[..., v] as one batched matrix product (no [.., V] temporary)."""
+    vocab = a.shape[-1]
+    return torch.bmm(a.reshape(-1, 1, vocab), b.reshape(-1, vocab, 1)).reshape(a.shape[:-1])
 
 
-def top1_agreement(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """1.0 where two distributions (logits or log-probs) share their most likely token, else 0.0."""
-    return (reference.argmax(dim=-1) == other.argmax(dim=-1)).float()
+@dataclass(frozen=True)
+class Reference:
+    """The unperturbed output distribution of a batch, in the forms every comparison reuses."""
+
+    probs: torch.Tensor  # [b, s, V]
+    neg_entropy: torch.Tensor  # [b, s]: sum_v p log p
+    top1: torch.Tensor  # [b, s]: the most likely token
+
+    @classmethod
+    def from_log_probs(cls, log_probs: torch.Tensor) -> Reference:
+        probs = log_probs.exp()
+        return cls(probs, _rowwise_dot(probs, log_probs), log_probs.argmax(dim=-1))
+
+    def rows(self, lo: int, hi: int) -> Reference:
+        return Reference(self.probs[lo:hi], self.neg_entropy[lo:hi], self.top1[lo:hi])
 
 
-def loss_sum_from(stack: LayerStack, h: torch.Tensor, input_ids: torch.Tensor) -> float:
-    """Summed next-token loss of the logits the model outputs from final residual state h."""
-    return float(row_loss_sums(log_probs(stack.head(h)), input_ids).sum())
+def variant_stats(
+    logits: torch.Tensor, input_ids: torch.Tensor, reference: Reference | None = None
+) -> torch.Tensor:
+    """Per sequence [b, 1 or 3]: summed next-token loss, and with a reference the summed
+    KL(p_reference || p) in nats and the number of tokens whose top-1 prediction agrees."""
+    variant = log_probs(logits)
+    loss = row_loss_sums(variant, input_ids)
+    if reference is None:
+        return loss.unsqueeze(1)
+    return torch.cat([loss.unsqueeze(1), compare_to(reference, variant)], dim=1)
+
+
+def compare_to(reference: Reference, log_probs: torch.Tensor) -> torch.Tensor:
+    """Per sequence [b, 2]: summed KL(p_reference || p) in nats and the number of tokens whose
+    top-1 prediction agrees, for a variant's log-probabilities [b, s, V]."""
+    kl = reference.neg_entropy - _rowwise_dot(reference.probs, log_probs)
+    agree = log_probs.argmax(dim=-1) == reference.top1
+    return torch.stack([kl.sum(dim=1), agree.float().sum(dim=1)], dim=1)

@@ -2,7 +2,8 @@
 
 Per state l: mean over tokens of KL(p_final || p_l) (p_final from h_L, the model's output),
 top-1 agreement with the model's prediction, and the next-token loss of the decoded distribution,
-each with its standard error over sequences.
+each with its standard error over sequences. h_L decodes to the model's output itself: its KL is
+0, its agreement 1 and its loss the baseline's, taken from the baseline forward, not recomputed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from megatron_cod.analysis.adapter import LayerStack
 from megatron_cod.analysis.evalset import Batch, EvalSet
-from megatron_cod.analysis.lm_loss import log_probs, row_loss_sums, token_kl, top1_agreement
+from megatron_cod.analysis.lm_loss import variant_stats
 from megatron_cod.analysis.progress import NO_PROGRESS, ProgressReporter
 from megatron_cod.analysis.sampling import Accumulator, SamplingConfig, feed
 from megatron_cod.analysis.stats import Scored, SequenceSums, mean_per_token, unresolved_pairs
@@ -57,6 +58,7 @@ class LogitLensAccumulator(Accumulator):
     """Per sequence and state: summed KL to the final distribution, top-1 agreement and loss."""
 
     name = "logit-lens"
+    targets = {"kl": 0.01, "top1_agreement": 0.05}  # nats; a fraction of tokens
 
     def __init__(self, stack: LayerStack, cap: int) -> None:
         super().__init__(0, cap)
@@ -65,25 +67,17 @@ class LogitLensAccumulator(Accumulator):
         self.counts = SequenceSums()  # [n, 2]: tokens, predicted tokens
 
     def add(self, batch: Batch) -> None:
-        rows = []
-        with torch.no_grad():
-            final = log_probs(self.stack.head(batch.states[-1]))
-            for h in batch.states:
-                decoded = log_probs(self.stack.head(h))
-                rows.append(
-                    torch.stack(
-                        [
-                            token_kl(final, decoded).sum(dim=1),
-                            top1_agreement(final, decoded).sum(dim=1),
-                            row_loss_sums(decoded, batch.input_ids),
-                        ],
-                        dim=1,
-                    )
-                )
-        self.sums.add(torch.stack(rows, dim=2))
         b, s = batch.input_ids.shape
+        with torch.no_grad():
+            reference = batch.reference()
+            rows = [variant_stats(self.stack.head(h), batch.input_ids, reference) for h in batch.states[:-1]]
+        loss = batch.row_loss_sums
+        rows.append(torch.stack([loss, torch.zeros_like(loss), torch.full_like(loss, float(s))], dim=1))
+        loss_kl_agree = torch.stack(rows, dim=2)  # [b, 3, L + 1]
+        self.sums.add(loss_kl_agree[:, [1, 2, 0]])
         self.counts.add(torch.tensor([[s, s - 1]] * b))
-        self.count(batch, head=len(batch.states))
+        states = len(batch.states) - 1
+        self.count(batch, head=states, compare=states)
 
     def _scored(self) -> tuple[Scored, Scored]:
         sums, counts = self.sums.array(), self.counts.array()
@@ -91,10 +85,10 @@ class LogitLensAccumulator(Accumulator):
         per_prediction = mean_per_token(sums[:, 2], counts[:, 1])
         return per_token, per_prediction
 
-    def max_stderr(self) -> float:
+    def stderrs(self) -> dict[str, float]:
         # the loss's spread across sequences is text difficulty; KL and agreement are paired
         per_token, _ = self._scored()
-        return float(per_token.stderr.max())
+        return {"kl": float(per_token.stderr[0].max()), "top1_agreement": float(per_token.stderr[1].max())}
 
     def result(self) -> LogitLensResult:
         per_token, loss = self._scored()

@@ -107,6 +107,7 @@ class PermutationAccumulator(Accumulator):
     """Per sequence: the summed loss of every swapped model and of the baseline."""
 
     name = "permutation"
+    targets = {"score": 0.01}  # |L_0 - L_swap| / L_0, a relative loss change
 
     def __init__(self, stack: LayerStack, pairs: list[Pair], cap: int) -> None:
         super().__init__(0, cap)
@@ -132,8 +133,8 @@ class PermutationAccumulator(Accumulator):
     def _scores(self) -> Scored:
         return jackknife(_pair_scores, self.losses.array())
 
-    def max_stderr(self) -> float:
-        return float(self._scores().stderr.max())
+    def stderrs(self) -> dict[str, float]:
+        return {"score": float(self._scores().stderr.max())}
 
     def result(self, decay: float) -> PermutationResult:
         scores = self._scores()

@@ -70,6 +70,10 @@ def _pairs(pairs: list[tuple[int, int]]) -> str:
     return ", ".join(f"{a}~{b}" for a, b in pairs) if pairs else "none"
 
 
+def _targets(targets: dict[str, float]) -> str:
+    return ", ".join(f"{group} {target:g}" for group, target in targets.items()) or "none (all sequences)"
+
+
 def _summary(results: SuiteResults, meta: dict[str, Any], figures: list[str], tables: list[str]) -> str:
     model = meta.get("model", {})
     data = meta.get("data", {})
@@ -81,19 +85,22 @@ def _summary(results: SuiteResults, meta: dict[str, Any], figures: list[str], ta
         f"hidden {model.get('hidden_size')}, vocab {model.get('vocab_size')})",
         f"- data: {data.get('num_samples')} x {data.get('seq_length')} tokens, split part "
         f"{data.get('split_part')!r} of {data.get('split')!r}, seed {data.get('seed')}",
-        f"- sampling: target standard error {sampling.get('target_se')}, at least "
-        f"{sampling.get('min_samples')} and at most {sampling.get('max_samples')} sequences per metric",
+        f"- sampling: target standard error {sampling.get('target_se') or 'per score (defaults)'}, at "
+        f"least {sampling.get('min_samples')} and at most {sampling.get('max_samples')} sequences per metric",
         f"- metrics: {', '.join(results.present())}",
         "",
         "## Sequences used",
         "",
         "Each metric drew sequences (the first k of the draw) until every score it is judged by had a",
-        "standard error at or below the target, or it reached its maximum.",
+        "standard error at or below its target (in the score's units), or it reached its maximum.",
         "",
-        "| metric | sequences |",
-        "|---|---|",
+        "| metric | sequences | target standard errors |",
+        "|---|---|---|",
     ]
-    lines += [f"| {name} | {count} |" for name, count in results.samples.items()]
+    lines += [
+        f"| {name} | {count} | {_targets(results.targets.get(name, {}))} |"
+        for name, count in results.samples.items()
+    ]
     lines += [
         "",
         "## Layer orders not resolved",
@@ -119,7 +126,8 @@ def _summary(results: SuiteResults, meta: dict[str, Any], figures: list[str], ta
     if work:
         lines += [
             "",
-            f"Work: {work['units']} (layer forwards, heads, layer VJPs, per sequence); at the measured unit "
+            f"Work: {work['units']} (sequences through a layer forward, a head, a distribution comparison, "
+            f"a layer's least-squares fit update, a layer VJP); at the measured unit "
             f"costs that needs {work['floor_seconds']:.1f} s, the suite took {work['overhead_ratio']:.2f}x that.",
         ]
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
@@ -141,6 +149,7 @@ def write_report(path: Path, results: SuiteResults, meta: dict[str, Any], overwr
             "global": jsonable(results.global_metrics()),
             "layer_curves": jsonable(results.layer_curves()),
             "samples": results.samples,
+            "targets": results.targets,
             "work": jsonable(results.work),
             "unresolved": jsonable(unresolved_orders(results)),
         }

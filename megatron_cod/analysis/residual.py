@@ -59,6 +59,7 @@ class ResidualAccumulator(Accumulator):
     """Per sequence: summed per-token variance, norm, RMS of each state and update sizes per layer."""
 
     name = "variance"
+    targets = {"relative_update": 0.01}  # ||f_l|| / ||h_l||
 
     def __init__(self, stack: LayerStack, cap: int) -> None:
         super().__init__(0, cap)
@@ -96,10 +97,10 @@ class ResidualAccumulator(Accumulator):
             mean_per_token(self.final.array(), tokens),
         )
 
-    def max_stderr(self) -> float:
+    def stderrs(self) -> dict[str, float]:
         # variance and norms are in the model's units; the relative update is the scale-free score
         _, updates, _ = self._scores()
-        return float(updates.stderr[1].max())
+        return {"relative_update": float(updates.stderr[1].max())}
 
     def result(self) -> ResidualResult:
         states, updates, final = self._scores()

@@ -1,11 +1,16 @@
 """Adaptive sampling: feed evaluation batches to metric accumulators until their scores are resolved.
 
 Each metric is an ``Accumulator`` over a range of sequences: it takes batches (the shared
-baseline forward's cached layer inputs), keeps per-sequence sums and reports the largest standard
-error among the scores it is judged by. ``feed`` walks the batches once for a whole group of
-accumulators, so one baseline forward per batch serves every metric; an accumulator leaves the
-group when it has ``max_samples`` sequences, or at least ``min_samples`` and every standard error
-at or below ``target_se``.
+baseline forward's cached layer inputs), keeps per-sequence sums and reports, per group of the
+scores it is judged by, the largest standard error. ``feed`` walks the batches once for a whole
+group of accumulators, so one baseline forward per batch serves every metric; an accumulator
+leaves the group when it has ``max_samples`` sequences, or at least ``min_samples`` and every
+group's standard error at or below its target.
+
+Targets are absolute, in each score's own units. ``--target-se X`` sets one target for every
+score; without it each score group has the documented default in its accumulator's ``targets``
+(README, "Depth analysis"): 0.01 for loss ratios, relative loss changes, similarities and KLs in
+nats, looser where a score's scale makes 0.01 far finer than its differences of interest.
 """
 
 from __future__ import annotations
@@ -15,19 +20,28 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
+from typing import ClassVar
 
 from megatron_cod.analysis.evalset import Batch, EvalSet
 from megatron_cod.analysis.progress import NO_PROGRESS, ProgressReporter
 
 # Work units, per sequence: a decoder-layer forward, a head (final norm + unembedding +
-# log-softmax) and a vector-Jacobian product through one layer.
-WORK_UNITS = ("layer", "head", "vjp")
+# log-softmax + loss), a comparison of two output distributions (KL + top-1 agreement, given the
+# reference's probabilities), one layer's update of the usefulness least-squares fit and a
+# vector-Jacobian product through one layer.
+WORK_UNITS = ("layer", "head", "compare", "fit", "vjp")
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """target_se None: use every sequence up to each metric's cap (no early stop)."""
+    """When a metric may stop before its cap.
 
+    Neither ``adaptive`` nor ``target_se`` (the default): every sequence up to each metric's cap.
+    ``target_se``: stop once every watched score's standard error is at or below it.
+    ``adaptive`` alone: stop once each is at or below its score group's documented default target.
+    """
+
+    adaptive: bool = False
     target_se: float | None = None
     min_samples: int = 2
 
@@ -36,6 +50,14 @@ class SamplingConfig:
             raise ValueError("target standard error must be > 0")
         if self.min_samples < 2:
             raise ValueError("min_samples must be >= 2 (a standard error needs two sequences)")
+
+    @property
+    def stops_early(self) -> bool:
+        return self.adaptive or self.target_se is not None
+
+    def target(self, default: float) -> float:
+        """The target for a score group whose documented default is ``default``."""
+        return default if self.target_se is None else self.target_se
 
 
 class Accumulator(ABC):
@@ -46,6 +68,9 @@ class Accumulator(ABC):
     chunk: int | None = None
     # Overrides SamplingConfig.min_samples for this metric.
     min_samples: int | None = None
+    # Default target standard error of each group of watched scores, in the scores' units; an
+    # accumulator without targets uses every sequence it may.
+    targets: ClassVar[dict[str, float]] = {}
 
     def __init__(self, first: int, cap: int) -> None:
         if cap < 1:
@@ -60,9 +85,15 @@ class Accumulator(ABC):
     def add(self, batch: Batch) -> None:
         """Take one batch of the next sequences."""
 
-    @abstractmethod
-    def max_stderr(self) -> float:
-        """Largest standard error among the scores the stopping rule watches."""
+    def stderrs(self) -> dict[str, float]:
+        """Largest standard error in each group of watched scores (the keys of ``targets``)."""
+        return {}
+
+    def effective_targets(self, sampling: SamplingConfig) -> dict[str, float]:
+        """The target of each watched score group under ``sampling`` (empty: no early stop)."""
+        if not sampling.stops_early:
+            return {}
+        return {group: sampling.target(default) for group, default in self.targets.items()}
 
     def count(self, batch: Batch, **units: int) -> None:
         """Record ``units`` of work per sequence of ``batch``."""
@@ -74,10 +105,11 @@ class Accumulator(ABC):
         if self.sequences >= self.cap:
             return True
         minimum = sampling.min_samples if self.min_samples is None else self.min_samples
-        if sampling.target_se is None or self.sequences < minimum:
+        targets = self.effective_targets(sampling)
+        if not targets or self.sequences < minimum:
             return False
-        stderr = self.max_stderr()
-        return math.isfinite(stderr) and stderr <= sampling.target_se
+        stderrs = self.stderrs()
+        return all(math.isfinite(stderrs[g]) and stderrs[g] <= target for g, target in targets.items())
 
 
 def feed(

@@ -123,6 +123,7 @@ class SimilarityAccumulator(Accumulator):
     """Per sequence: summed cosines of consecutive states and summed angular distances of blocks."""
 
     name = "similarity"
+    targets = {"similarity": 0.01}  # Block Influence (1 - cos) and angular distance / pi, both in [0, 1]
 
     def __init__(self, stack: LayerStack, cap: int) -> None:
         super().__init__(0, cap)
@@ -157,9 +158,9 @@ class SimilarityAccumulator(Accumulator):
         per_sequence = mean_per_token(sums[:, last], np.ones(sums.shape[0]))
         return per_token, per_sequence
 
-    def max_stderr(self) -> float:
+    def stderrs(self) -> dict[str, float]:
         per_token, per_sequence = self._scores()
-        return float(max(np.nanmax(per_token.stderr), np.nanmax(per_sequence.stderr)))
+        return {"similarity": float(max(np.nanmax(per_token.stderr), np.nanmax(per_sequence.stderr)))}
 
     def result(self) -> SimilarityResult:
         num_layers = self.stack.num_layers
@@ -194,6 +195,7 @@ class PruningAccumulator(Accumulator):
     """Per sequence: the summed loss with each removal set skipped, and the unpruned loss."""
 
     name = "pruning"
+    targets = {"loss_ratio": 0.01}  # pruned loss / unpruned loss
 
     def __init__(self, stack: LayerStack, removal_sets: list[list[int]], cap: int) -> None:
         super().__init__(0, cap)
@@ -221,8 +223,8 @@ class PruningAccumulator(Accumulator):
         losses = self.losses.array()
         return ratio_of_sums(losses[:, :-1], losses[:, -1:])
 
-    def max_stderr(self) -> float:
-        return float(self._ratios().stderr.max())
+    def stderrs(self) -> dict[str, float]:
+        return {"loss_ratio": float(self._ratios().stderr.max())}
 
     def steps(self) -> list[PruneStep]:
         """The unpruned step, then one per removal set."""

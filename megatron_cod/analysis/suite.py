@@ -18,7 +18,7 @@ from megatron_cod.analysis.jacobian import (
     JacobianResult,
     layer_input_output,
 )
-from megatron_cod.analysis.lm_loss import log_probs, row_loss_sums
+from megatron_cod.analysis.lm_loss import Reference, compare_to, log_probs, row_loss_sums
 from megatron_cod.analysis.logit_lens import LogitLensAccumulator, LogitLensConfig, LogitLensResult
 from megatron_cod.analysis.permutation import (
     PermutationAccumulator,
@@ -38,6 +38,7 @@ from megatron_cod.analysis.similarity import (
     with_pruning,
 )
 from megatron_cod.analysis.usefulness import (
+    StreamingLeastSquares,
     UsefulnessConfig,
     UsefulnessEval,
     UsefulnessFit,
@@ -78,6 +79,8 @@ class SuiteResults:
     seconds: dict[str, float] = field(default_factory=dict)
     samples: dict[str, int] = field(default_factory=dict)  # sequences each metric used
     work: dict[str, Any] = field(default_factory=dict)  # work units, their costs and the floor
+    # metric -> watched score group -> the target standard error it stopped at (empty: no early stop)
+    targets: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def present(self) -> dict[str, Any]:
         """Metric name -> result, for the metrics that ran, in suite order."""
@@ -119,10 +122,11 @@ class SuiteResults:
         return out
 
 
-def unit_costs(evalset: EvalSet, repeats: int = 3) -> dict[str, float]:
+def unit_costs(evalset: EvalSet, repeats: int = 5) -> dict[str, float]:
     """Seconds per sequence of one layer forward, one head (norm + unembedding + log-softmax +
-    loss) and one layer VJP, timed on the first batch (its shape is the suite's); best of
-    ``repeats``, after a warm-up."""
+    loss), one comparison with the reference distribution (KL + top-1), one layer's update of the
+    usefulness least-squares fit and one layer VJP, timed on the first batch (its shape is the
+    suite's) with the functions the metrics call; best of ``repeats``, after a warm-up."""
     stack = evalset.stack
     batch = next(evalset.batches(0, min(evalset.batch_size, evalset.num_sequences)))
     rows = batch.input_ids.shape[0]
@@ -136,6 +140,19 @@ def unit_costs(evalset: EvalSet, repeats: int = 3) -> dict[str, float]:
         with torch.no_grad():
             row_loss_sums(log_probs(stack.head(h)), batch.input_ids)
 
+    with torch.no_grad():
+        variant = log_probs(stack.head(h))
+        reference = Reference.from_log_probs(log_probs(stack.head(batch.states[-1])))
+
+    def compare() -> None:
+        with torch.no_grad():
+            compare_to(reference, variant)
+
+    system = StreamingLeastSquares(stack.hidden_size)
+
+    def fit() -> None:
+        system.add(batch.states[0], batch.states[1])  # from the second call on, with a merge
+
     x, y = layer_input_output(stack, batch, 0)
     cotangent = torch.randn_like(y)
 
@@ -143,7 +160,7 @@ def unit_costs(evalset: EvalSet, repeats: int = 3) -> dict[str, float]:
         torch.autograd.grad(y, x, cotangent, retain_graph=True)
 
     costs = {}
-    for name, fn in (("layer", layer), ("head", head), ("vjp", vjp)):
+    for name, fn in (("layer", layer), ("head", head), ("compare", compare), ("fit", fit), ("vjp", vjp)):
         times = []
         for _ in range(repeats + 1):
             began = time.perf_counter()
@@ -212,6 +229,7 @@ def run_suite(
     for name, acc in accs.items():
         results.seconds[name] = acc.seconds
         results.samples[name] = acc.sequences
+        results.targets[name] = acc.effective_targets(config.sampling)
     costs = unit_costs(evalset)
     results.seconds["total"] = time.perf_counter() - started
     results.work = work_summary(evalset, accs, costs, results.seconds["total"])
@@ -240,7 +258,7 @@ def work_summary(
     costs (the floor) and the suite's time over it."""
     units: Counter[str] = Counter()
     units["layer"] += evalset.sequences_forwarded * evalset.stack.num_layers
-    units["head"] += evalset.sequences_forwarded
+    units["head"] += evalset.sequences_forwarded + evalset.references_built
     for acc in accs.values():
         units.update(acc.work)
     floor = sum(units[u] * costs[u] for u in WORK_UNITS)

@@ -18,7 +18,6 @@ standard error over the evaluated sequences.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,7 +141,7 @@ class StreamingLeastSquares:
 class UsefulnessFit(Accumulator):
     """One pass over the fit sequences: a streaming least-squares fit (h_l -> h_{l+1}) per layer."""
 
-    name = "usefulness fit"
+    name = "usefulness fit"  # no targets: the fit uses every sequence it may
 
     def __init__(self, stack: LayerStack, first: int, cap: int) -> None:
         super().__init__(first, cap)
@@ -151,9 +150,7 @@ class UsefulnessFit(Accumulator):
     def add(self, batch: Batch) -> None:
         for layer, system in enumerate(self.systems):
             system.add(batch.states[layer], batch.states[layer + 1])
-
-    def max_stderr(self) -> float:
-        return math.inf  # the fit uses all its sequences
+        self.count(batch, fit=len(self.systems))
 
     def solve(self) -> list[tuple[AffineMap, float]]:
         return [system.solve() for system in self.systems]
@@ -163,6 +160,7 @@ class UsefulnessEval(Accumulator):
     """Per sequence: the summed loss with each layer replaced by its fit, and the baseline's."""
 
     name = "usefulness"
+    targets = {"loss_ratio": 0.01}  # resolves ratios 0.02 apart; the threshold is 1.1
 
     def __init__(self, stack: LayerStack, fits: list[tuple[AffineMap, float]], first: int, cap: int) -> None:
         super().__init__(first, cap)
@@ -190,8 +188,8 @@ class UsefulnessEval(Accumulator):
         losses = self.losses.array()
         return ratio_of_sums(losses[:, :-1], losses[:, -1:])
 
-    def max_stderr(self) -> float:
-        return float(self.ratios().stderr.max())
+    def stderrs(self) -> dict[str, float]:
+        return {"loss_ratio": float(self.ratios().stderr.max())}
 
     def result(self, config: UsefulnessConfig, fit_sequences: int) -> UsefulnessResult:
         ratios = self.ratios()
