@@ -53,3 +53,15 @@ def test_matches_naive_skip_through_hf_forward(tiny_hf_model, hf_reference, toke
     np.testing.assert_allclose(result.matrix, expected, rtol=1e-5, atol=1e-7)
     assert result.score == pytest.approx(expected[np.triu_indices(num, 1)].mean(), rel=1e-5)
     assert result.matrix[0, 1] > 0.01
+
+
+def test_a_partial_batch_is_compared_with_its_own_rows_of_the_reference(toy_stack, token_ids):
+    gen = torch.Generator().manual_seed(1)
+    weights = [torch.randn(5, 5, generator=gen) for _ in range(3)]
+    stack = toy_stack([lambda h, w=w: h + torch.tanh(h @ w) for w in weights], hidden=5)
+    ids = token_ids(5, 4)
+    part = causal_scores(EvalSet(stack, ids, 4), CausalConfig(max_sequences=3))  # rows 0..2 of batch 0
+    alone = causal_scores(EvalSet(stack, ids[:3], 4), CausalConfig())
+    assert part.num_sequences == 3
+    for a, b in zip(part.skips, alone.skips):
+        assert a.kl == pytest.approx(b.kl, rel=1e-6) and a.top1_agreement == b.top1_agreement
