@@ -55,9 +55,6 @@ PAPER_LAYER_SAMPLES = 100
 PAPER_JACOBIAN_SAMPLES = 50
 FAST_LAYER_SAMPLES = 8
 FAST_JACOBIAN_SAMPLES = 2
-# Scores are loss ratios, relative losses, similarities and KLs of order 0.01-1: 0.01 resolves
-# differences of 0.02 and more (2 standard errors).
-DEFAULT_TARGET_SE = 0.01
 
 
 def _positive_float(text: str) -> float:
@@ -103,9 +100,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument(
         "--target-se",
         type=_positive_float,
-        default=DEFAULT_TARGET_SE,
         help="stop a metric once every score it is judged by has a standard error <= this, in the "
-        f"score's units (default {DEFAULT_TARGET_SE})",
+        "score's units (default: each score's documented target, 0.01 for most; see the README)",
     )
     sampling.add_argument(
         "--max-samples",
@@ -226,7 +222,9 @@ def _suite_config(args: argparse.Namespace, num_layers: int) -> SuiteConfig:
     }
     try:
         kwargs["sampling"] = SamplingConfig(
-            target_se=None if args.fast else args.target_se, min_samples=max(2, args.min_samples)
+            adaptive=not args.fast,
+            target_se=None if args.fast else args.target_se,
+            min_samples=max(2, args.min_samples),
         )
         if hasattr(args, "jacobian_mode"):
             variants = tuple(v.strip() for v in args.jacobian_variants.split(",") if v.strip())
