@@ -52,6 +52,12 @@ MODELS = {
     "dense": {"model.ffn_hidden_size": 64},
     "moe": {"model.num_experts": 4, "model.moe_ffn_hidden_size": 32},
     # layer 1 MoE, layer 2 dense: megatron then keys every layer separately
+    "moe-shared-expert": {
+        "model.num_experts": 4,
+        "model.moe_ffn_hidden_size": 32,
+        "model.moe_shared_expert_intermediate_size": 32,
+    },
+    "peri-ln-moe": {"model.num_experts": 4, "model.moe_ffn_hidden_size": 32, "model.norm_placement": "peri"},
     "moe-every-2nd-layer": {
         "model.num_experts": 4,
         "model.moe_ffn_hidden_size": 32,
