@@ -116,19 +116,17 @@ class EvalSet:
 
     def _reference(self, index: int) -> Reference:
         if self._output is None or self._output[0] != index:
-            batch = self._full_batch(index)  # cached: its log-probs were not kept, run the head again
-            if self._output is None or self._output[0] != index:
+            batch = self._full_batch(index)  # runs the forward, keeping its log-probs, unless cached
+            if self._output is None or self._output[0] != index:  # cached: run its head again
                 with torch.no_grad():
                     self._output = (index, log_probs(self.stack.head(batch.states[-1])))
                 self.references_built += batch.input_ids.shape[0]
-        output = self._output
-        assert output is not None
-        if isinstance(output[1], torch.Tensor):
+        output = self._output[1]
+        if not isinstance(output, Reference):
             with torch.no_grad():
-                output = (index, Reference.from_log_probs(output[1]))
-            self._output = output
-        assert isinstance(output[1], Reference)
-        return output[1]
+                output = Reference.from_log_probs(output)
+            self._output = (index, output)
+        return output
 
     def _reference_rows(self, index: int, lo: int, hi: int) -> Reference:
         return self._reference(index).rows(lo, hi)
