@@ -31,7 +31,7 @@ def naive_jacobians(evalset: EvalSet, layer: int) -> tuple[torch.Tensor, torch.T
     for batch in evalset.batches():
         x = batch.states[layer]
         full = torch.autograd.functional.jacobian(
-            lambda h: stack.layer_forward(layer, h, batch.ctx), x
+            lambda h, ctx=batch.ctx: stack.layer_forward(layer, h, ctx), x
         ).double()
         b, s, _ = x.shape
         for row in range(b):
