@@ -2,9 +2,10 @@
 
 A random-init 16-layer Llama (hidden 256, 4 heads, FFN 688, vocab 4096) saved as an HF directory,
 evaluation sequences of 512 tokens drawn from a Megatron indexed dataset of random tokens (the
-default draw: the paper's 100), default adaptive sampling (--target-se), report and MLflow logging
-(to a temporary sqlite store) included. Prints the per-step breakdown, the sequences each metric
-used, the work counted and the peak RSS. Last lines:
+default draw: the paper's 100), default adaptive sampling (each score's documented target standard
+error), report and MLflow logging (to a temporary sqlite store) included. Prints the per-step
+breakdown, the sequences each metric used and the targets it stopped at, the work counted and the
+peak RSS. Last lines:
 RESULT analysis_overhead_ratio=<suite time / work floor> and RESULT analysis_suite_seconds=<s>.
 """
 
@@ -82,6 +83,9 @@ def main() -> None:
         print(f"  {step:<12} {seconds:7.1f} s")
     print(f"  {'wall (cli)':<12} {elapsed:7.1f} s")
     print("sequences used: " + ", ".join(f"{k} {v}" for k, v in results["samples"].items()))
+    for name, targets in results["targets"].items():
+        if targets:
+            print(f"  {name} targets: " + ", ".join(f"{g} {t:g}" for g, t in targets.items()))
     work = results["work"]
     costs = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in work["seconds_per_unit"].items())
     print(f"work units (per sequence): {work['units']}; unit costs per sequence: {costs}")
