@@ -4,7 +4,10 @@ megatron's torch_dist save starts helper processes: a multiprocessing Manager (s
 save, kept for the whole run) that carries the write results, and forked writers that write each save's
 shards. A training killed with SIGKILL cannot stop them, and the Manager would live on forever. Here
 each of them asks Linux to SIGKILL it when its parent dies (PR_SET_PDEATHSIG): the Manager through its
-start-up initializer, a writer through a fork hook active only while a save runs. Linux ties that
+start-up initializer, a writer through a fork hook active only while a save runs. Bound so, the
+Manager also ignores SIGTERM: a preemption that signals the whole process group (Slurm, a
+``kill -TERM -PGID``) would otherwise end it before the save that the signal asks for, which then fails
+(broken pipe). Linux ties that
 signal to the thread that started the child, so this is done only for saves on the main thread (a
 Manager bound to a worker thread would die with the thread and break the next save).
 """
@@ -36,13 +39,18 @@ def die_with(parent: int) -> None:
         os._exit(1)
 
 
+def _start_manager_server(parent: int) -> None:
+    die_with(parent)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # it ends with its parent; SIGINT python ignores
+
+
 def _after_fork_in_child() -> None:
     if _saving_pid is not None:
         die_with(_saving_pid)
 
 
 def _bind_megatron_results_queue() -> None:
-    """Start the Manager behind megatron's write-results queue ourselves, with die_with as initializer.
+    """Start the Manager behind megatron's write-results queue ourselves, bound to this process.
 
     megatron creates it on first use (filesystem_async._get_write_results_queue: a spawn-context
     Manager's Queue) and reuses it; with it already set, megatron uses ours. A megatron version
@@ -53,7 +61,7 @@ def _bind_megatron_results_queue() -> None:
     if getattr(filesystem_async, "_results_queue", False) is not None:
         return
     manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
-    manager.start(initializer=die_with, initargs=(os.getpid(),))
+    manager.start(initializer=_start_manager_server, initargs=(os.getpid(),))
     filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
 
 

@@ -237,6 +237,33 @@ def test_a_training_killed_mid_write_leaves_no_writer_process(world, tmp_path):
     assert latest_iteration(root) == 1
 
 
+def _spawned_children() -> list[int]:
+    """This process's children started by multiprocessing's spawn (megatron's writer Manager)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError):
+            stat = (proc / "stat").read_text()
+            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+            if parent == os.getpid() and b"spawn_main" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+    return found
+
+
+def test_a_sigterm_to_the_whole_process_group_does_not_break_the_next_save(world, tmp_path):
+    """A preemption signals every process of the job; the save it asks for still needs megatron's
+    writer Manager."""
+    model = build_gpt_model(TINY, 64, ParallelConfig())
+    save_checkpoint(tmp_path, 1, [model], None, None, {"train": 1}, "{}\n", LAYOUT)
+    managers = _spawned_children()
+    assert managers
+    for pid in managers:
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(1)
+    assert sorted(_spawned_children()) == sorted(managers)
+    save_checkpoint(tmp_path, 2, [model], None, None, {"train": 2}, "{}\n", LAYOUT)
+    assert latest_iteration(tmp_path) == 2
+
+
 def test_a_malicious_shard_index_is_refused_before_it_runs(saved, tmp_path):
     root = _copy(saved[0], tmp_path)
     marker = tmp_path / "pwned"
