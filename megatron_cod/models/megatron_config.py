@@ -61,6 +61,10 @@ def translated_fields(model_cfg: ModelConfig, parallel_cfg: ParallelConfig) -> d
                     f"{type(section).__name__}.{f.name} has no home: add it to RENAMED or ELSEWHERE"
                 )
             out[target] = _value(section, f.name)
+    if out.get("moe_z_loss_coeff") == 0:
+        # Our 0 means z-loss off, which megatron spells None: given 0 it still computes the loss
+        # and tracks z_loss / coefficient = 0/0 = NaN for every MoE layer.
+        out["moe_z_loss_coeff"] = None
     return out
 
 

@@ -135,7 +135,8 @@ class PendingSums:
         self._counts: dict[int, float] = {}
 
     def add(self, positions: list[int], values: torch.Tensor) -> None:
-        """values: 1-D fp64 device tensor, one entry per position."""
+        """values: 1-D float device tensor (fp64 sums, or fp32 values that fp32 holds exactly),
+        one entry per position."""
         self._values.append(values)
         self._value_positions.extend(positions)
 
@@ -147,7 +148,8 @@ class PendingSums:
         device = buf.flat.device
         if self._values:
             index = torch.tensor(self._value_positions, dtype=torch.long).to(device)
-            buf.flat.index_add_(0, index, torch.cat(self._values))
+            # cat promotes a mix of fp32 and fp64 to fp64
+            buf.flat.index_add_(0, index, torch.cat(self._values).to(torch.float64))
         if self._counts:
             index = torch.tensor(list(self._counts), dtype=torch.long).to(device)
             counts = torch.tensor(list(self._counts.values()), dtype=torch.float64).to(device)

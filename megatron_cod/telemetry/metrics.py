@@ -24,14 +24,29 @@ def as_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype != torch.float32 else x
 
 
+def variance_from_norm_and_sum(
+    norm: torch.Tensor, total: torch.Tensor, d: int, unbiased: bool = True
+) -> torch.Tensor:
+    """Per-token variance from ||h|| and sum(h) over the d hidden entries: (||h||^2 - (sum h)^2 / d)
+    / (d - 1), or / d when not unbiased.
+
+    One pass over h where the centred form takes two plus a copy: on activations the model has just
+    written, each pass costs more than the arithmetic (telemetry reads every layer's output and
+    branches). Its rounding is relative to ||h||^2, i.e. 1 / sin^2 of the angle between h and the
+    all-ones direction times the fp32 rounding of the two-pass form: the same unless a token's
+    hidden state is almost constant across the hidden dimension.
+    """
+    sum_sq = norm.square()
+    centred_sq = torch.addcmul(sum_sq, total, total, value=-1.0 / d).clamp_min(0.0)
+    return centred_sq / (d - (1 if unbiased else 0))
+
+
 def per_token_variance(h: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
     """Variance across the hidden dimension for each token (divisor d-1 when unbiased, as the paper)."""
     h = as_fp32(h)
-    if h.is_cuda:
-        return torch.var(h, dim=-1, unbiased=unbiased)
-    # Same two-pass result; torch.var over the last dim is ~10x slower than this on CPU.
-    centered = h - h.mean(dim=-1, keepdim=True)
-    return torch.linalg.vector_norm(centered, dim=-1).square() / (h.shape[-1] - (1 if unbiased else 0))
+    return variance_from_norm_and_sum(
+        torch.linalg.vector_norm(h, dim=-1), h.sum(dim=-1), h.shape[-1], unbiased
+    )
 
 
 def per_token_rms(h: torch.Tensor) -> torch.Tensor:
@@ -82,29 +97,35 @@ def layer_output_terms(h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
     update, cosine of h_in and h_out.
 
     The same numbers as per_token_variance, per_token_rms, per_token_update_norm,
-    per_token_relative_update and per_token_cosine, sharing the norms between them; telemetry
-    evaluates it on every layer of every collection step, so the number of passes matters.
+    per_token_relative_update and per_token_cosine, from four reductions (||h_in||, ||h_out||,
+    sum(h_out), ||h_out - h_in||) and no other pass over the activations: telemetry evaluates it
+    on every layer of every collection step. The dot product comes from the polarisation identity
+    2 <x, y> = ||x||^2 + ||y||^2 - ||y - x||^2, whose rounding (fp32, relative to ||x||^2 + ||y||^2)
+    is that of a direct fp32 dot product; the update itself is taken from y - x, never from the
+    identity, so small updates keep their relative precision.
     """
     x, y = as_fp32(h_in), as_fp32(h_out)
+    d = y.shape[-1]
     x_norm = torch.linalg.vector_norm(x, dim=-1)
     y_norm = torch.linalg.vector_norm(y, dim=-1)
     update = torch.linalg.vector_norm(y - x, dim=-1)
-    cosine = torch.linalg.vecdot(x, y) / (x_norm * y_norm).clamp_min(_EPS)
+    two_dot = x_norm.square() + y_norm.square() - update.square()
     return torch.stack(
         [
-            per_token_variance(y),
-            y_norm / math.sqrt(y.shape[-1]),
+            variance_from_norm_and_sum(y_norm, y.sum(dim=-1), d),
+            y_norm / math.sqrt(d),
             update,
             update / x_norm.clamp_min(_EPS),
-            cosine,
+            two_dot / (2 * x_norm * y_norm).clamp_min(_EPS),
         ]
     )
 
 
 def branch_output_terms(a: torch.Tensor) -> torch.Tensor:
-    """Per token, stacked: variance and L2 norm of a sub-layer branch output."""
+    """Per token, stacked: variance and L2 norm of a sub-layer branch output (one pass for each)."""
     a = as_fp32(a)
-    return torch.stack([per_token_variance(a), torch.linalg.vector_norm(a, dim=-1)])
+    norm = torch.linalg.vector_norm(a, dim=-1)
+    return torch.stack([variance_from_norm_and_sum(norm, a.sum(dim=-1), a.shape[-1]), norm])
 
 
 # --- attention -----------------------------------------------------------------------------------

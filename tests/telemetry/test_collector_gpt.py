@@ -223,6 +223,33 @@ def test_moe_routing_statistics_and_megatron_aux_losses():
     tel.remove()
 
 
+@pytest.mark.parametrize("zero_in", ["our config", "megatron config"])
+def test_z_loss_coefficient_zero_is_off_and_every_metric_stays_finite(zero_in):
+    """--moe-z-loss-coeff 0: megatron given a coefficient of 0 still tracks z_loss / 0 = NaN. Our
+    translation hands it None, and the collector ignores a megatron config that says 0 directly."""
+    if zero_in == "our config":
+        model = tiny_gpt(num_experts=4, moe_z_loss_coeff=0.0)
+    else:
+        model = tiny_gpt(num_experts=4, moe_z_loss_coeff=0.001)
+        model.config.moe_z_loss_coeff = 0.0  # the config object every router reads
+    clear_aux_losses_tracker()
+    tel = DepthTelemetry([model], telemetry_config(attention_interval=1, weight_interval=1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    for step in range(2):
+        model.zero_grad()
+        out = telemetry_step(model, tel, token_batches(2, 1, seed=step), step)
+        optimizer.step()
+        assert [k for k, v in out.items() if not math.isfinite(v)] == []
+        assert key("grad_norm", 1) in out and any(k.startswith("attn/") for k in out)
+        assert any(k.startswith("moe/load_balancing_loss/") for k in out)
+        assert not any(k.startswith("moe/z_loss/") for k in out)
+    tel.remove()
+    clear_aux_losses_tracker()
+    if zero_in == "our config":
+        assert model.config.moe_z_loss_coeff is None  # megatron does not compute it at all
+
+
 @pytest.mark.parametrize("groups", [4, 2])
 def test_attention_sample_matches_the_models_own_probabilities(groups):
     model = tiny_gpt(group_query_attention=groups != 4, num_query_groups=groups)
