@@ -158,7 +158,7 @@ def _generator(seed: int, layer: int, variant: str) -> torch.Generator:
 
 def _rademacher(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
     # drawn on the CPU generator (the same numbers on every device), then moved
-    return (torch.randint(0, 2, shape, generator=generator).float() * 2 - 1).to(device)
+    return (torch.randint(0, 2, shape, generator=generator, device="cpu").float() * 2 - 1).to(device)
 
 
 class _LayerSums:

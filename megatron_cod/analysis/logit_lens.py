@@ -75,7 +75,7 @@ class LogitLensAccumulator(Accumulator):
         rows.append(torch.stack([loss, torch.zeros_like(loss), torch.full_like(loss, float(s))], dim=1))
         loss_kl_agree = torch.stack(rows, dim=2)  # [b, 3, L + 1]
         self.sums.add(loss_kl_agree[:, [1, 2, 0]])
-        self.counts.add(torch.tensor([[s, s - 1]] * b))
+        self.counts.add(np.array([[s, s - 1]] * b, dtype=np.float64))
         states = len(batch.states) - 1
         self.count(batch, head=states, compare=states)
 

@@ -92,10 +92,9 @@ def jackknife(
     stat: Callable[[torch.Tensor], torch.Tensor], num_probes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``stat(index)`` evaluated on all probes, and its leave-one-out jackknife standard error."""
-    full = stat(torch.arange(num_probes))
-    loo = torch.stack(
-        [stat(torch.cat([torch.arange(k), torch.arange(k + 1, num_probes)])) for k in range(num_probes)]
-    )
+    every = torch.arange(num_probes, device="cpu")  # indices, which index a tensor on any device
+    full = stat(every)
+    loo = torch.stack([stat(torch.cat([every[:k], every[k + 1 :]])) for k in range(num_probes)])
     spread = ((loo - loo.mean(dim=0)) ** 2).sum(dim=0) * (num_probes - 1) / num_probes
     return full, spread.sqrt()
 

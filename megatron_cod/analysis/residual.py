@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from megatron_cod.analysis.adapter import LayerStack
@@ -87,7 +88,7 @@ class ResidualAccumulator(Accumulator):
         self.updates.add(torch.stack(per_layer, dim=2))
         self.final.add(final)
         rows, seq = batch.input_ids.shape
-        self.tokens.add(torch.full((rows,), float(seq)))
+        self.tokens.add(np.full(rows, float(seq)))
 
     def _scores(self) -> tuple[Scored, Scored, Scored]:
         tokens = self.tokens.array()

@@ -147,7 +147,7 @@ class SimilarityAccumulator(Accumulator):
                     sums[:, 2 + l, n - 1] = dist.sum(dim=1)
                     sums[:, 2 + num_layers + l, n - 1] = dist[:, -1]
         self.sums.add(sums)
-        self.tokens.add(torch.full((rows,), float(seq)))
+        self.tokens.add(np.full(rows, float(seq)))
 
     def _scores(self) -> tuple[Scored, Scored]:
         sums = self.sums.array()
@@ -215,7 +215,7 @@ class PruningAccumulator(Accumulator):
         columns.append(batch.row_loss_sums)
         self.losses.add(torch.stack(columns, dim=1))
         rows, seq = batch.input_ids.shape
-        self.predicted.add(torch.full((rows,), float(seq - 1)))
+        self.predicted.add(np.full(rows, float(seq - 1)))
         layers = sum(stack.num_layers - min(r) - len(r) for r in self.removal_sets)
         self.count(batch, layer=layers, head=len(self.removal_sets))
 

@@ -14,11 +14,7 @@ import torch
 
 from megatron_cod.analysis.evalset import EvalSet
 from megatron_cod.analysis.hf_adapter import HFLayerStack
-from megatron_cod.analysis.suite import SuiteConfig, run_suite
-
-# the metrics that keep no host-side bookkeeping tensors (token counts for numpy, jackknife indices),
-# which are CPU tensors by design and would land on meta too
-METRICS = ("usefulness", "causal", "permutation")
+from megatron_cod.analysis.suite import METRICS, SuiteConfig, run_suite
 
 
 def _suite(stack, ids) -> dict[str, float]:
