@@ -9,11 +9,12 @@ Errors are one line on stderr ("cod-export: error: ..."), exit status 1 (2 for b
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from megatron_cod.cli_errors import OneLineParser, UsageError, cli_main
 from megatron_cod.export.errors import ExportError
-from megatron_cod.export.hf_dir import DEFAULT_MAX_SHARD_BYTES, DTYPES, PROVENANCE_FILE
+from megatron_cod.export.hf_dir import DEFAULT_MAX_SHARD_BYTES, DTYPES, PROVENANCE_FILE, check_output
 
 if TYPE_CHECKING:
     from megatron_cod.export.exporter import Exported
@@ -65,11 +66,34 @@ def export_parser() -> argparse.ArgumentParser:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from megatron_cod.export.exporter import export_checkpoint
+    from megatron_cod.export.exporter import checkpoint_training_run
     from megatron_cod.tracking import open_tool_run, tags, tracked_run
 
     if args.max_shard_size <= 0:
         raise UsageError(f"--max-shard-size must be positive, got {args.max_shard_size}")
+    if args.no_mlflow:
+        _verify(args, _write(args), None)
+        return 0
+    check_output(Path(args.output), args.force)  # a refusal is not a failed export: no run for it
+    # the run opens before the work, so an export that fails while writing ends FAILED with the reason
+    run = open_tool_run(
+        tags.KIND_EXPORT,
+        f"export-{Path(args.output).name}",
+        args.mlflow_experiment,
+        args.mlflow_run_id,
+        checkpoint_training_run(args.checkpoint, args.iteration),
+    )
+    print(f"mlflow run {run.run_id}")
+    with tracked_run(run):
+        done = _write(args)
+        run.log_params({k: v for k, v in done.provenance.items() if v is not None})
+        _verify(args, done, run)
+    return 0
+
+
+def _write(args: argparse.Namespace) -> Exported:
+    from megatron_cod.export.exporter import export_checkpoint
+
     done = export_checkpoint(
         args.checkpoint,
         args.output,
@@ -82,21 +106,7 @@ def _export(args: argparse.Namespace) -> int:
         f"exported {done.target.architecture} (iteration {done.provenance['iteration']}, {args.dtype}) "
         f"to {done.output} in {done.seconds:.1f}s"
     )
-    if args.no_mlflow:
-        _verify(args, done, None)
-        return 0
-    run = open_tool_run(
-        tags.KIND_EXPORT,
-        f"export-{done.output.name}",
-        args.mlflow_experiment,
-        args.mlflow_run_id,
-        done.training_run_id,
-    )
-    print(f"mlflow run {run.run_id}")
-    with tracked_run(run):
-        run.log_params({k: v for k, v in done.provenance.items() if v is not None})
-        _verify(args, done, run)
-    return 0
+    return done
 
 
 def _verify(args: argparse.Namespace, done: Exported, run: ToolRun | None) -> None:

@@ -42,14 +42,30 @@ class Exported:
 
 
 def _checkpoint_dir(checkpoint: str | Path, iteration: int | None) -> Path:
-    from megatron_cod.training.checkpoint import iteration_dir
+    from megatron_cod.training.checkpoint import complete_dir, iteration_dir
 
     if iteration is None:
         return Path(checkpoint)
+    found = complete_dir(checkpoint, iteration)  # also the copy a killed re-save set aside
+    if found is not None:
+        return found
     path = iteration_dir(checkpoint, iteration)
     if not path.is_dir():
         raise ExportError(f"--iteration {iteration}: {path} does not exist")
-    return path
+    return path  # incomplete: reading it names the missing file
+
+
+def checkpoint_training_run(checkpoint: str | Path, iteration: int | None = None) -> str | None:
+    """The MLflow run id of the training that wrote the checkpoint, read without loading weights."""
+    from megatron_cod.analysis.megatron_adapter import read_checkpoint_config
+    from megatron_cod.training.checkpoint import CheckpointError, read_checkpoint_meta
+
+    try:
+        ckpt_dir, _ = read_checkpoint_config(_checkpoint_dir(checkpoint, iteration))
+        run_id = read_checkpoint_meta(ckpt_dir).get("mlflow_run_id")
+    except (AnalysisError, CheckpointError) as exc:
+        raise ExportError(str(exc)) from exc
+    return run_id if isinstance(run_id, str) else None
 
 
 def _return_freed_buffers_to_the_os() -> None:
