@@ -2,8 +2,9 @@
 run when that run is in the store, else a run of its own in ``--mlflow-experiment``.
 
 The run opens before the work starts, so an analysis that fails or is stopped leaves a FAILED or
-KILLED run. Scores go in as metrics (per-layer curves with step = layer), the arguments, model and
-data as params and the whole report directory as artifacts.
+KILLED run. Scores go in as metrics (per-layer curves with step = layer) with the sequences each metric used
+(``samples/<metric>``), the arguments, model, data and the standard-error targets each metric was held
+to (``target_se.<metric>.<score>``) as params and the whole report directory as artifacts.
 """
 
 from __future__ import annotations
@@ -28,9 +29,16 @@ def flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
 
 def log_report(run: ToolRun, output_dir: Path, results: SuiteResults, params: dict[str, Any]) -> None:
     """Scores (non-finite ones left out), timings, ``params`` (flattened) and the report directory."""
-    run.log_params(flatten("", params, {}))
+    run.log_params(flatten("", {**params, "target_se": results.targets}, {}))
     scalars = {k: v for k, v in results.global_metrics().items() if math.isfinite(v)}
-    run.log_metrics({**scalars, **{f"seconds/{k}": v for k, v in results.seconds.items()}}, step=0)
+    run.log_metrics(
+        {
+            **scalars,
+            **{f"seconds/{k}": v for k, v in results.seconds.items()},
+            **{f"samples/{k}": float(n) for k, n in results.samples.items()},
+        },
+        step=0,
+    )
     curves = results.layer_curves()
     for layer in range(max((len(values) for values in curves.values()), default=0)):
         at_layer = {

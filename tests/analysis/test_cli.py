@@ -152,6 +152,9 @@ def test_mlflow_run_nested_under_a_training_run(workdir, monkeypatch):
         results["usefulness"]["global"]["usefulness_score"]
     )
     assert child.data.params["arguments.usefulness_threshold"] == "1.01"
+    assert child.data.metrics["samples/usefulness"] == results["samples"]["usefulness"]
+    targets = {k: v for k, v in child.data.params.items() if k.startswith("target_se.usefulness.")}
+    assert targets and {k.split(".", 2)[2]: float(v) for k, v in targets.items()} == results["targets"]["usefulness"]
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
     assert {"results.json", "usefulness.csv", "usefulness.png", "summary.md"} <= artifacts
 
