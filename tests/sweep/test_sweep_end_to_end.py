@@ -17,16 +17,25 @@ pytestmark = pytest.mark.slow
 
 
 def _sweep(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "megatron_cod.sweep.cli", "cpu_smoke", *args], cwd=tmp,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "megatron_cod.sweep.cli", "cpu_smoke", *args],
+        cwd=tmp,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
 
 
 def _training_runs(client: MlflowClient) -> list:
     experiments = [e.experiment_id for e in client.search_experiments()]
-    return [r for r in client.search_runs(experiments, filter_string=f"tags.`{tags.SWEEP}` = 'cpu_smoke'")
-            if r.data.tags.get(tags.KIND) == tags.KIND_TRAIN]
+    return [
+        r
+        for r in client.search_runs(experiments, filter_string=f"tags.`{tags.SWEEP}` = 'cpu_smoke'")
+        if r.data.tags.get(tags.KIND) == tags.KIND_TRAIN
+    ]
 
 
 def test_smoke_sweep_resume_skip_seeds_and_report(tmp_path):
@@ -54,13 +63,20 @@ def test_smoke_sweep_resume_skip_seeds_and_report(tmp_path):
     assert "trained 2 of 4 runs" in seeds.stdout
     assert "seed 2/2" in seeds.stdout
     runs = _training_runs(client)
-    assert sorted(r.data.tags[tags.SEED] for r in runs if r.data.tags[tags.ITERATION] == "20") == \
-        ["1234", "1234", "1235", "1235"]
+    assert sorted(r.data.tags[tags.SEED] for r in runs if r.data.tags[tags.ITERATION] == "20") == [
+        "1234",
+        "1234",
+        "1235",
+        "1235",
+    ]
     assert "trained 0 of 4 runs" in _sweep(tmp_path, "--seeds", "2").stdout
 
     experiments = [e.experiment_id for e in client.search_experiments()]
-    comparison = client.search_runs(experiments, filter_string=f"tags.`{tags.KIND}` = 'comparison'",
-                                    order_by=["attributes.start_time DESC"])[0]
+    comparison = client.search_runs(
+        experiments,
+        filter_string=f"tags.`{tags.KIND}` = 'comparison'",
+        order_by=["attributes.start_time DESC"],
+    )[0]
     assert comparison.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(comparison.info.run_id)}
     assert {"report.md", "variance_vs_layer.png", "last_layer_variance_vs_step.png"} <= artifacts
