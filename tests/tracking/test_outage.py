@@ -9,11 +9,11 @@ import time
 
 import pytest
 from mlflow import MlflowClient
+from mlflow_server import MlflowServer, closed_port_uri
+from training_launch import SCHEDULE, TINY_DENSE
 
 from megatron_cod.tracking.journal import read_metrics, read_record
 from megatron_cod.tracking.sync_cli import main as cod_sync
-from mlflow_server import MlflowServer, closed_port_uri
-from training_launch import SCHEDULE, TINY_DENSE
 
 pytestmark = pytest.mark.slow
 ARGS = [*TINY_DENSE, *[a for a in SCHEDULE if a not in ("--no-mlflow", "--no-telemetry")]]
@@ -21,9 +21,22 @@ ARGS = [*TINY_DENSE, *[a for a in SCHEDULE if a not in ("--no-mlflow", "--no-tel
 
 def _train(tmp_path, name, uri, iters, extra=()):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": uri}
-    cmd = [sys.executable, "-m", "megatron_cod.training", *ARGS, *extra, "--train-iters", str(iters),
-           "--output-dir", str(tmp_path / "runs"), "--mlflow-run-name", name]
-    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "megatron_cod.training",
+        *ARGS,
+        *extra,
+        "--train-iters",
+        str(iters),
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--mlflow-run-name",
+        name,
+    ]
+    return subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _journal_history(run_dir):
@@ -83,9 +96,11 @@ def test_server_down_at_start_then_sync_twice(tmp_path, builtin_dataset):
 
 
 def test_server_killed_mid_run_loses_nothing_after_sync(tmp_path, builtin_dataset):
+    # the server dies after step 5: 95 steps left are ample to keep the run going past it
+    iters = 100
     server = MlflowServer(tmp_path / "server").start()
     try:
-        proc = _train(tmp_path, "dying", server.uri, 300)
+        proc = _train(tmp_path, "dying", server.uri, iters)
         journal = tmp_path / "runs" / "dying" / "metrics.jsonl"
         deadline = time.time() + 240
         while time.time() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < 5):
@@ -97,7 +112,7 @@ def test_server_killed_mid_run_loses_nothing_after_sync(tmp_path, builtin_datase
         run_dir = tmp_path / "runs" / "dying"
         uri = server.uri
         original = read_record(run_dir)["mlflow_runs"][uri]["run_id"]
-        assert len(read_metrics(run_dir)) == 300
+        assert len(read_metrics(run_dir)) == iters
         server = MlflowServer(tmp_path / "server", port=server.port).start()
         partial = MlflowClient(tracking_uri=uri).get_run(original)
         assert partial.info.status == "RUNNING"  # the live tracker never reached the end
