@@ -39,8 +39,7 @@ def out(tmp_path) -> Path:
 
 
 def args(source: Path, out: Path, tokenizer_dir: Path) -> list[str]:
-    return ["--input", str(source), "--output-prefix", str(out / "corpus"),
-            "--tokenizer", str(tokenizer_dir)]
+    return ["--input", str(source), "--output-prefix", str(out / "corpus"), "--tokenizer", str(tokenizer_dir)]
 
 
 @pytest.mark.parametrize("name", ["empty.jsonl", "empty.txt"])
@@ -116,8 +115,7 @@ def test_existing_output_is_refused_and_kept(tmp_path, out, capsys, tokenizer_di
     source = write_jsonl(tmp_path / "in.jsonl", ["first run"])
     assert main(args(source, out, tokenizer_dir) + ["--quiet"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    line = run_failing(capsys, args(write_jsonl(tmp_path / "b.jsonl", ["second"]), out,
-                                    tokenizer_dir))
+    line = run_failing(capsys, args(write_jsonl(tmp_path / "b.jsonl", ["second"]), out, tokenizer_dir))
     assert "output exists (pass --overwrite to replace it)" in line
     assert str(out / "corpus_") in line
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -139,8 +137,10 @@ def test_vocabulary_that_does_not_fit_the_dtype(tmp_path, out, capsys, write_jso
     source = write_jsonl(tmp_path / "in.jsonl", ["w1 w69999 w5"])
     line = run_failing(capsys, args(source, out, tokenizer) + ["--dtype", "uint16"])
     # 70,000 words + end-of-document + [UNK] + the added pad token
-    assert line == (f"cod-preprocess: error: {tokenizer}: vocabulary of 70003 ids does not fit "
-                    "uint16 (at most 65536 ids); use --dtype auto")
+    assert line == (
+        f"cod-preprocess: error: {tokenizer}: vocabulary of 70003 ids does not fit "
+        "uint16 (at most 65536 ids); use --dtype auto"
+    )
     assert leftovers(out) == []
 
     assert main(args(source, out, tokenizer) + ["--quiet"]) == 0
@@ -150,16 +150,27 @@ def test_vocabulary_that_does_not_fit_the_dtype(tmp_path, out, capsys, write_jso
 
 def test_vocab_size_too_small_to_train(tmp_path, out, capsys, write_jsonl, leftovers):
     source = write_jsonl(tmp_path / "in.jsonl", ["some text to train on"])
-    line = run_failing(capsys, ["--input", str(source), "--output-prefix", str(out / "c"),
-                                "--train-tokenizer", "--vocab-size", "100"])
-    assert line == ("cod-preprocess: error: --vocab-size 100 is too small to train: a byte-level "
-                    "BPE needs at least 258 (256 byte tokens + end-of-document + pad)")
+    line = run_failing(
+        capsys,
+        [
+            "--input",
+            str(source),
+            "--output-prefix",
+            str(out / "c"),
+            "--train-tokenizer",
+            "--vocab-size",
+            "100",
+        ],
+    )
+    assert line == (
+        "cod-preprocess: error: --vocab-size 100 is too small to train: a byte-level "
+        "BPE needs at least 258 (256 byte tokens + end-of-document + pad)"
+    )
     assert leftovers(out) == []
 
 
 @pytest.mark.parametrize("kind", ["text file", "json file", "empty directory", "missing"])
-def test_tokenizer_path_that_is_not_a_tokenizer(tmp_path, out, capsys, write_jsonl, leftovers,
-                                                kind):
+def test_tokenizer_path_that_is_not_a_tokenizer(tmp_path, out, capsys, write_jsonl, leftovers, kind):
     source = write_jsonl(tmp_path / "in.jsonl", ["text"])
     if kind == "text file":
         path = tmp_path / "notes.txt"
@@ -186,14 +197,24 @@ def test_ctrl_c_mid_run_leaves_nothing(tmp_path, out, tokenizer_dir, leftovers):
     the output files are open, two workers are running, and input is still arriving."""
     fifo = tmp_path / "stream.jsonl"
     os.mkfifo(fifo)
-    command = [sys.executable, str(TOOL), "--input", str(fifo), "--output-prefix",
-               str(out / "corpus"), "--tokenizer", str(tokenizer_dir), "--workers", "2"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    command = [
+        sys.executable,
+        str(TOOL),
+        "--input",
+        str(fifo),
+        "--output-prefix",
+        str(out / "corpus"),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--workers",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         writer = _open_fifo_writer(fifo, proc, timeout=120)
-        os.write(writer, "".join(json.dumps({"text": f"line {i}"}) + "\n"
-                                 for i in range(50)).encode())
+        os.write(writer, "".join(json.dumps({"text": f"line {i}"}) + "\n" for i in range(50)).encode())
         assert any("partial" in name for name in leftovers(out)), "run has not started writing"
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         _, err = proc.communicate(timeout=120)

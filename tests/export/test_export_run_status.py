@@ -12,8 +12,22 @@ from training_launch import SCHEDULE, train
 from megatron_cod.export.cli import export_main
 from megatron_cod.export.hf_dir import PROVENANCE_FILE
 
-TINY = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--ffn-hidden-size", "64",
-        "--seq-length", "32", "--save-interval", "1", "--train-iters", "2"]
+TINY = [
+    "--num-layers",
+    "2",
+    "--hidden-size",
+    "32",
+    "--num-attention-heads",
+    "4",
+    "--ffn-hidden-size",
+    "64",
+    "--seq-length",
+    "32",
+    "--save-interval",
+    "1",
+    "--train-iters",
+    "2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +37,9 @@ def trained(tmp_path_factory, builtin_dataset):
     args = [a for a in SCHEDULE if a != "--no-mlflow"]
     train(root, "trained", TINY + args + ["--save", str(root / "ckpt")], env={"MLFLOW_TRACKING_URI": uri})
     client = MlflowClient(tracking_uri=uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("megatron_cod").experiment_id],
-                                "attributes.run_name = 'trained'")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("megatron_cod").experiment_id], "attributes.run_name = 'trained'"
+    )
     return root, uri, run
 
 
@@ -32,7 +47,9 @@ def _children(client, run):
     return client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
 
 
-def test_an_export_failing_mid_way_ends_its_run_failed_with_the_reason(trained, tmp_path, monkeypatch, capsys):
+def test_an_export_failing_mid_way_ends_its_run_failed_with_the_reason(
+    trained, tmp_path, monkeypatch, capsys
+):
     root, uri, training = trained
     ckpt = tmp_path / "ckpt"
     shutil.copytree(root / "ckpt", ckpt)
@@ -64,7 +81,13 @@ def test_iteration_finds_the_copy_a_killed_resave_set_aside(trained, tmp_path):
     shutil.copytree(root / "ckpt", ckpt)
     (ckpt / "iter_0000001").rename(ckpt / "iter_0000001.old")
     out = tmp_path / "hf"
-    assert export_main(["--checkpoint", str(ckpt), "--iteration", "1", "--output", str(out), "--no-mlflow"]) == 0
+    assert (
+        export_main(["--checkpoint", str(ckpt), "--iteration", "1", "--output", str(out), "--no-mlflow"]) == 0
+    )
     assert (out / PROVENANCE_FILE).is_file()
-    assert export_main(["--checkpoint", str(ckpt), "--iteration", "3", "--output", str(tmp_path / "x"),
-                        "--no-mlflow"]) == 1
+    assert (
+        export_main(
+            ["--checkpoint", str(ckpt), "--iteration", "3", "--output", str(tmp_path / "x"), "--no-mlflow"]
+        )
+        == 1
+    )

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
+from training_launch import SCHEDULE, train
 from transformers import AutoModelForCausalLM, LlamaConfig, MixtralConfig, Qwen2MoeConfig
 
 from megatron_cod.analysis.megatron_adapter import load_megatron_stack
@@ -21,19 +22,34 @@ from megatron_cod.export.hf_dir import save_tokenizer, weight_files, write_model
 from megatron_cod.export.verify import megatron_logits, sample_tokens
 from megatron_cod.models import padded_vocab_size
 
-from training_launch import SCHEDULE, train
-
-SMALL = dict(hidden_size=48, num_attention_heads=6, num_key_value_heads=2, num_hidden_layers=3,
-             max_position_embeddings=64, rms_norm_eps=1e-6, tie_word_embeddings=False)
+SMALL = dict(
+    hidden_size=48,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    num_hidden_layers=3,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+)
 HF_MODELS = {
     "llama": lambda v: LlamaConfig(vocab_size=v, intermediate_size=88, rope_theta=5000.0, **SMALL),
-    "llama_tied_mqa": lambda v: LlamaConfig(vocab_size=v, intermediate_size=88, **{**SMALL, "num_key_value_heads": 1,
-                                                                                   "tie_word_embeddings": True}),
-    "mixtral": lambda v: MixtralConfig(vocab_size=v, intermediate_size=40, num_local_experts=4, num_experts_per_tok=2,
-                                       **SMALL),
-    "qwen2_moe": lambda v: Qwen2MoeConfig(vocab_size=v, intermediate_size=88, moe_intermediate_size=40,
-                                          shared_expert_intermediate_size=56, num_experts=4, num_experts_per_tok=2,
-                                          mlp_only_layers=[1], qkv_bias=False, **SMALL),
+    "llama_tied_mqa": lambda v: LlamaConfig(
+        vocab_size=v, intermediate_size=88, **{**SMALL, "num_key_value_heads": 1, "tie_word_embeddings": True}
+    ),
+    "mixtral": lambda v: MixtralConfig(
+        vocab_size=v, intermediate_size=40, num_local_experts=4, num_experts_per_tok=2, **SMALL
+    ),
+    "qwen2_moe": lambda v: Qwen2MoeConfig(
+        vocab_size=v,
+        intermediate_size=88,
+        moe_intermediate_size=40,
+        shared_expert_intermediate_size=56,
+        num_experts=4,
+        num_experts_per_tok=2,
+        mlp_only_layers=[1],
+        qkv_bias=False,
+        **SMALL,
+    ),
 }
 
 
@@ -44,8 +60,9 @@ def tokenizer(builtin_dataset):
 
 def _hf_dir(path, name, tokenizer):
     torch.manual_seed(len(name))
-    hf = AutoModelForCausalLM.from_config(HF_MODELS[name](padded_vocab_size(tokenizer.vocab_size, 1)),
-                                          dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_config(
+        HF_MODELS[name](padded_vocab_size(tokenizer.vocab_size, 1)), dtype=torch.float32
+    )
     with torch.no_grad():
         for pname, p in hf.named_parameters():
             if "shared_expert_gate" in pname:
@@ -69,25 +86,59 @@ def _tensors(directory):
 def test_export_of_import_is_the_original_bit_for_bit(name, world, tokenizer, tmp_path, capsys):
     _hf_dir(tmp_path / "x", name, tokenizer)
     assert import_main(["--hf-model", str(tmp_path / "x"), "--output", str(tmp_path / "ckpt")]) == 0
-    assert export_main(["--checkpoint", str(tmp_path / "ckpt"), "--output", str(tmp_path / "y"), "--verify",
-                        "--no-mlflow"]) == 0
+    assert (
+        export_main(
+            [
+                "--checkpoint",
+                str(tmp_path / "ckpt"),
+                "--output",
+                str(tmp_path / "y"),
+                "--verify",
+                "--no-mlflow",
+            ]
+        )
+        == 0
+    )
     assert "top-1 agreement 100.00%" in capsys.readouterr().out
     x, y = _tensors(tmp_path / "x"), _tensors(tmp_path / "y")
     assert x.keys() == y.keys()
     assert [k for k in x if not torch.equal(x[k], y[k]) or x[k].dtype != y[k].dtype] == []
     cx, cy = (json.loads((tmp_path / d / "config.json").read_text()) for d in "xy")
-    for key in ("architectures", "hidden_size", "num_hidden_layers", "num_key_value_heads", "rope_parameters",
-                "tie_word_embeddings", "rms_norm_eps", "vocab_size", "intermediate_size", "num_experts_per_tok"):
+    for key in (
+        "architectures",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_key_value_heads",
+        "rope_parameters",
+        "tie_word_embeddings",
+        "rms_norm_eps",
+        "vocab_size",
+        "intermediate_size",
+        "num_experts_per_tok",
+    ):
         assert cx.get(key) == cy.get(key), key
-    assert (tmp_path / "x" / "tokenizer.json").read_bytes() == (tmp_path / "y" / "tokenizer.json").read_bytes()
+    assert (tmp_path / "x" / "tokenizer.json").read_bytes() == (
+        tmp_path / "y" / "tokenizer.json"
+    ).read_bytes()
 
 
 def test_import_of_export_gives_the_same_logits(world, random_gpt, tokenizer, tmp_path):
     # LayerNorm Scaling, shared expert, mixed dense/MoE layers, pre-softmax routing
-    model_cfg = ModelConfig(num_layers=3, hidden_size=48, num_attention_heads=6, group_query_attention=True,
-                            num_query_groups=2, ffn_hidden_size=88, seq_length=24, num_experts=4,
-                            moe_ffn_hidden_size=40, moe_router_pre_softmax=True, moe_layer_freq=2,
-                            moe_shared_expert_intermediate_size=56, layernorm_scaling=True)
+    model_cfg = ModelConfig(
+        num_layers=3,
+        hidden_size=48,
+        num_attention_heads=6,
+        group_query_attention=True,
+        num_query_groups=2,
+        ffn_hidden_size=88,
+        seq_length=24,
+        num_experts=4,
+        moe_ffn_hidden_size=40,
+        moe_router_pre_softmax=True,
+        moe_layer_freq=2,
+        moe_shared_expert_intermediate_size=56,
+        layernorm_scaling=True,
+    )
     model = random_gpt(model_cfg, tokenizer.vocab_size, seed=9)
     target = export_target(model_cfg, padded_vocab_size(tokenizer.vocab_size, 1))
     (tmp_path / "hf").mkdir()
@@ -104,10 +155,27 @@ def test_import_of_export_gives_the_same_logits(world, random_gpt, tokenizer, tm
 def test_training_continues_from_an_import(world, tokenizer, tmp_path):
     _hf_dir(tmp_path / "x", "llama", tokenizer)
     assert import_main(["--hf-model", str(tmp_path / "x"), "--output", str(tmp_path / "ckpt")]) == 0
-    model_args = ["--num-layers", "3", "--hidden-size", "48", "--num-attention-heads", "6",
-                  "--group-query-attention", "--num-query-groups", "2", "--ffn-hidden-size", "88",
-                  "--seq-length", "32", "--max-position-embeddings", "64", "--rotary-base", "5000",
-                  "--layernorm-epsilon", "1e-6"]
+    model_args = [
+        "--num-layers",
+        "3",
+        "--hidden-size",
+        "48",
+        "--num-attention-heads",
+        "6",
+        "--group-query-attention",
+        "--num-query-groups",
+        "2",
+        "--ffn-hidden-size",
+        "88",
+        "--seq-length",
+        "32",
+        "--max-position-embeddings",
+        "64",
+        "--rotary-base",
+        "5000",
+        "--layernorm-epsilon",
+        "1e-6",
+    ]
     common = model_args + SCHEDULE + ["--train-iters", "2", "--load", str(tmp_path / "ckpt")]
     refused = train(tmp_path, "optim", common + ["--save", str(tmp_path / "a")], check=False)
     assert refused.returncode != 0 and "--no-load-optim" in refused.stdout + refused.stderr

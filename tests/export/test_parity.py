@@ -19,8 +19,15 @@ from megatron_cod.export.hf_dir import PROVENANCE_FILE, write_model_dir
 from megatron_cod.export.verify import compare_logits, megatron_logits, sample_tokens
 from megatron_cod.models import padded_vocab_size
 
-BASE = dict(num_layers=3, hidden_size=48, num_attention_heads=6, ffn_hidden_size=88, seq_length=24,
-            rotary_base=5000, layernorm_epsilon=1e-6)
+BASE = dict(
+    num_layers=3,
+    hidden_size=48,
+    num_attention_heads=6,
+    ffn_hidden_size=88,
+    seq_length=24,
+    rotary_base=5000,
+    layernorm_epsilon=1e-6,
+)
 GQA = dict(group_query_attention=True, num_query_groups=2)
 MOE = dict(num_experts=4, moe_ffn_hidden_size=40, moe_router_pre_softmax=False, **GQA)
 
@@ -32,13 +39,27 @@ CASES = {
     "gqa_layernorm_scaling": (dict(layernorm_scaling=True, **GQA), "LlamaForCausalLM"),
     # megatron needs pre-softmax routing at top-1 (a softmax over one logit has no gradient)
     "moe_top1": (dict(MOE, moe_router_topk=1, moe_router_pre_softmax=True), "Qwen2MoeForCausalLM"),
-    "moe_top2_tied": (dict(MOE, moe_router_topk=2, untie_embeddings_and_output_weights=False), "MixtralForCausalLM"),
+    "moe_top2_tied": (
+        dict(MOE, moe_router_topk=2, untie_embeddings_and_output_weights=False),
+        "MixtralForCausalLM",
+    ),
     "moe_pre_softmax": (dict(MOE, moe_router_topk=2, moe_router_pre_softmax=True), "Qwen2MoeForCausalLM"),
-    "moe_shared_expert": (dict(MOE, moe_router_topk=2, moe_shared_expert_intermediate_size=56),
-                          "Qwen2MoeForCausalLM"),
+    "moe_shared_expert": (
+        dict(MOE, moe_router_topk=2, moe_shared_expert_intermediate_size=56),
+        "Qwen2MoeForCausalLM",
+    ),
     "moe_mixed_dense_layers": (dict(MOE, moe_router_topk=2, moe_layer_freq=2), "Qwen2MoeForCausalLM"),
-    "moe_everything": (dict(MOE, moe_router_topk=2, moe_router_pre_softmax=True, moe_layer_freq=2,
-                            moe_shared_expert_intermediate_size=56, layernorm_scaling=True), "Qwen2MoeForCausalLM"),
+    "moe_everything": (
+        dict(
+            MOE,
+            moe_router_topk=2,
+            moe_router_pre_softmax=True,
+            moe_layer_freq=2,
+            moe_shared_expert_intermediate_size=56,
+            layernorm_scaling=True,
+        ),
+        "Qwen2MoeForCausalLM",
+    ),
 }
 
 
@@ -78,10 +99,14 @@ def test_sharded_bf16_export_has_an_index_and_rounds_every_tensor(world, random_
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert sorted(set(index["weight_map"].values())) == sorted(files)
     state = model.state_dict()
-    with safe_open(tmp_path / index["weight_map"]["model.layers.0.mlp.experts.3.down_proj.weight"], "pt") as f:
+    with safe_open(
+        tmp_path / index["weight_map"]["model.layers.0.mlp.experts.3.down_proj.weight"], "pt"
+    ) as f:
         down = f.get_tensor("model.layers.0.mlp.experts.3.down_proj.weight")
     assert down.dtype == torch.bfloat16
-    assert torch.equal(down, state["decoder.layers.0.mlp.experts.local_experts.3.linear_fc2.weight"].bfloat16())
+    assert torch.equal(
+        down, state["decoder.layers.0.mlp.experts.local_experts.3.linear_fc2.weight"].bfloat16()
+    )
     hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     ids = sample_tokens(tokenizer.vocab_size, 24, seed=2)
     with torch.no_grad():

@@ -26,8 +26,9 @@ def _weightless_checkpoint(root, model_overrides, tokenizer):
     from the config alone (loading would fail here)."""
     it = root / "iter_0000003"
     it.mkdir(parents=True)
-    cfg = ExperimentConfig.from_dict({"model": {"num_layers": 2, "hidden_size": 48, "num_attention_heads": 6,
-                                                **model_overrides}})
+    cfg = ExperimentConfig.from_dict(
+        {"model": {"num_layers": 2, "hidden_size": 48, "num_attention_heads": 6, **model_overrides}}
+    )
     (it / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
     (it / META_FILE).write_text(json.dumps({"iteration": 3}))
     tokenizer.save(it / "tokenizer")
@@ -48,8 +49,12 @@ def test_inexpressible_models_are_refused_before_anything_is_written(case, token
 
 def test_bad_flags_name_the_flag(tokenizer, tmp_path, capsys):
     ckpt = _weightless_checkpoint(tmp_path / "ckpt", {}, tokenizer)
-    assert export_main(["--checkpoint", str(ckpt), "--iteration", "7", "--output", str(tmp_path / "o"),
-                        "--no-mlflow"]) == 1
+    assert (
+        export_main(
+            ["--checkpoint", str(ckpt), "--iteration", "7", "--output", str(tmp_path / "o"), "--no-mlflow"]
+        )
+        == 1
+    )
     assert "--iteration 7" in capsys.readouterr().err
     assert export_main(["--checkpoint", str(tmp_path), "--output", str(tmp_path / "o"), "--no-mlflow"]) == 1
     assert "--checkpoint" in capsys.readouterr().err

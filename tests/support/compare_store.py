@@ -35,16 +35,39 @@ class Store:
         self.root = root
         self.uri = f"sqlite:///{root / 'mlflow.db'}"
 
-    def add(self, name: str, overrides: dict, *, growth: float = 0.1, steps: int = 20, telemetry_every: int = 5,
-            valid_every: int = 10, status: str = "FINISHED", experiment: str = "exp", final_norm: bool = True,
-            moe: bool = False) -> FakeRun:
-        cfg = ExperimentConfig().with_overrides({
-            "model.num_layers": 4, "model.hidden_size": 64, "model.num_attention_heads": 4,
-            "model.seq_length": 64, "train.global_batch_size": 8, "train.micro_batch_size": 4,
-            "train.train_iters": steps, "telemetry.interval": telemetry_every, "train.eval_interval": valid_every,
-            "optim.lr_warmup_iters": 1,
-            "logging.output_dir": str(self.root / "runs"), "logging.mlflow_run_name": name,
-            "logging.mlflow_tracking_uri": self.uri, "logging.mlflow_experiment": experiment, **overrides})
+    def add(
+        self,
+        name: str,
+        overrides: dict,
+        *,
+        growth: float = 0.1,
+        steps: int = 20,
+        telemetry_every: int = 5,
+        valid_every: int = 10,
+        status: str = "FINISHED",
+        experiment: str = "exp",
+        final_norm: bool = True,
+        moe: bool = False,
+    ) -> FakeRun:
+        cfg = ExperimentConfig().with_overrides(
+            {
+                "model.num_layers": 4,
+                "model.hidden_size": 64,
+                "model.num_attention_heads": 4,
+                "model.seq_length": 64,
+                "train.global_batch_size": 8,
+                "train.micro_batch_size": 4,
+                "train.train_iters": steps,
+                "telemetry.interval": telemetry_every,
+                "train.eval_interval": valid_every,
+                "optim.lr_warmup_iters": 1,
+                "logging.output_dir": str(self.root / "runs"),
+                "logging.mlflow_run_name": name,
+                "logging.mlflow_tracking_uri": self.uri,
+                "logging.mlflow_experiment": experiment,
+                **overrides,
+            }
+        )
         run_dir = self.root / "runs" / name
         tracker = Tracker.start(cfg.logging, run_dir, cfg.to_flat_dict(), tags=tags.training_run_tags(cfg, 1))
         cfg.to_yaml(run_dir / "config.yaml")
@@ -63,4 +86,3 @@ class Store:
             tracker.log_metrics(metrics, step)
         tracker.finish(status)
         return FakeRun(name, tracker.run_id, run_dir, cfg, growth, steps)
-

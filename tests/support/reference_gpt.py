@@ -91,24 +91,36 @@ def mlp(x: torch.Tensor, p: dict[str, torch.Tensor], pre: str, arch: RefArch) ->
     probs = (x @ p[pre + "router.weight"].T).softmax(dim=-1)
     top, idx = probs.topk(arch.topk, dim=-1)
     gates = torch.zeros_like(probs).scatter(-1, idx, top)
-    out = sum(gates[..., e:e + 1] * swiglu(x, p, f"{pre}experts.local_experts.{e}.")
-              for e in range(probs.shape[-1]))
+    out = sum(
+        gates[..., e : e + 1] * swiglu(x, p, f"{pre}experts.local_experts.{e}.")
+        for e in range(probs.shape[-1])
+    )
     if pre + "shared_experts.linear_fc1.weight" in p:
         out = out + swiglu(x, p, pre + "shared_experts.")
     return out
 
 
-def layer(h: torch.Tensor, p: dict[str, torch.Tensor], n: int, arch: RefArch) -> tuple[torch.Tensor, LayerRecord]:
+def layer(
+    h: torch.Tensor, p: dict[str, torch.Tensor], n: int, arch: RefArch
+) -> tuple[torch.Tensor, LayerRecord]:
     """Layer n (1-based): returns the new stream and what it added."""
     pre, kind, eps = f"decoder.layers.{n - 1}.", arch.kind(n), arch.eps
     scale = 1.0 / math.sqrt(n) if arch.layernorm_scaling and kind == "pre" else 1.0
     h_in = h
     branches = []
     for norm, f, out_norm, post_norm in (
-        ("input_layernorm", lambda x: attention(x, p, pre + "self_attention.", arch),
-         "self_attn_output_layernorm", "post_self_attn_layernorm"),
-        ("pre_mlp_layernorm", lambda x: mlp(x, p, pre + "mlp.", arch),
-         "mlp_output_layernorm", "post_mlp_layernorm"),
+        (
+            "input_layernorm",
+            lambda x: attention(x, p, pre + "self_attention.", arch),
+            "self_attn_output_layernorm",
+            "post_self_attn_layernorm",
+        ),
+        (
+            "pre_mlp_layernorm",
+            lambda x: mlp(x, p, pre + "mlp.", arch),
+            "mlp_output_layernorm",
+            "post_mlp_layernorm",
+        ),
     ):
         if kind == "post":
             branch = f(h)
@@ -122,7 +134,9 @@ def layer(h: torch.Tensor, p: dict[str, torch.Tensor], n: int, arch: RefArch) ->
     return h, LayerRecord(h_in, branches[0], branches[1], h)
 
 
-def forward(tokens: torch.Tensor, p: dict[str, torch.Tensor], arch: RefArch) -> tuple[torch.Tensor, list[LayerRecord]]:
+def forward(
+    tokens: torch.Tensor, p: dict[str, torch.Tensor], arch: RefArch
+) -> tuple[torch.Tensor, list[LayerRecord]]:
     """Logits [b, s, V] and one record per layer."""
     h = p["embedding.word_embeddings.weight"][tokens]
     if arch.embedding_norm:

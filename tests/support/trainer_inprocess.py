@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
-
 from training_launch import SCHEDULE, TINY_DENSE
 
 
@@ -43,8 +42,11 @@ class Recorder:
     def on_train_end(self, trainer):
         self.events.append(("on_train_end",))
         self.callbacks = [type(c).__name__ for c in trainer.callbacks]
-        self.tracker = next(type(c.tracker).__name__ for c in trainer.callbacks if hasattr(c, "tracker")
-                            and type(c).__name__ == "TrackingCallback")
+        self.tracker = next(
+            type(c.tracker).__name__
+            for c in trainer.callbacks
+            if hasattr(c, "tracker") and type(c).__name__ == "TrackingCallback"
+        )
 
     def on_exception(self, trainer, exc):
         self.events.append(("on_exception", type(exc).__name__))
@@ -54,17 +56,31 @@ class Recorder:
 
 
 def _worker(rank: int, world_size: int, port: int, tmp: str, args: list[str], queue) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     from megatron_cod.config import load_config
     from megatron_cod.training.loop import pretrain
 
-    cfg = load_config([*TINY_DENSE, *SCHEDULE, *args, "--output-dir", f"{tmp}/runs", "--mlflow-run-name", "cb"])
+    cfg = load_config(
+        [*TINY_DENSE, *SCHEDULE, *args, "--output-dir", f"{tmp}/runs", "--mlflow-run-name", "cb"]
+    )
     recorder = Recorder()
     outcome = pretrain(cfg, callbacks=[recorder])
-    queue.put((rank, recorder.events, recorder.callbacks, recorder.tracker,
-               str(outcome.run_dir) if outcome.run_dir else None))
+    queue.put(
+        (
+            rank,
+            recorder.events,
+            recorder.callbacks,
+            recorder.tracker,
+            str(outcome.run_dir) if outcome.run_dir else None,
+        )
+    )
 
 
 def run(tmp: Path, world_size: int, args: list[str]) -> dict[int, tuple]:
@@ -74,8 +90,13 @@ def run(tmp: Path, world_size: int, args: list[str]) -> dict[int, tuple]:
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    mp.start_processes(_worker, args=(world_size, port, str(tmp), args, queue), nprocs=world_size,
-                       start_method="spawn", join=True)
+    mp.start_processes(
+        _worker,
+        args=(world_size, port, str(tmp), args, queue),
+        nprocs=world_size,
+        start_method="spawn",
+        join=True,
+    )
     out = {}
     for _ in range(world_size):
         rank, *rest = queue.get(timeout=60)

@@ -9,18 +9,61 @@ import subprocess
 import sys
 from pathlib import Path
 
-TINY_MOE = ["--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4",
-            "--group-query-attention", "--num-query-groups", "2", "--num-experts", "4",
-            "--moe-ffn-hidden-size", "64", "--seq-length", "64"]
-TINY_DENSE = ["--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4",
-              "--group-query-attention", "--num-query-groups", "2", "--ffn-hidden-size", "128",
-              "--seq-length", "64"]
+TINY_MOE = [
+    "--num-layers",
+    "4",
+    "--hidden-size",
+    "64",
+    "--num-attention-heads",
+    "4",
+    "--group-query-attention",
+    "--num-query-groups",
+    "2",
+    "--num-experts",
+    "4",
+    "--moe-ffn-hidden-size",
+    "64",
+    "--seq-length",
+    "64",
+]
+TINY_DENSE = [
+    "--num-layers",
+    "4",
+    "--hidden-size",
+    "64",
+    "--num-attention-heads",
+    "4",
+    "--group-query-attention",
+    "--num-query-groups",
+    "2",
+    "--ffn-hidden-size",
+    "128",
+    "--seq-length",
+    "64",
+]
 # --norm-placement variants of the tiny models (Mix-LN: layers 1-2 Post-LN, 3-4 Pre-LN).
-NORM_PLACEMENTS = {"pre": [], "post": ["--norm-placement", "post"],
-                   "peri": ["--norm-placement", "peri", "--peri-ln-embedding-norm"],
-                   "mix": ["--norm-placement", "mix", "--mix-ln-alpha", "0.5"]}
-SCHEDULE = ["--micro-batch-size", "2", "--global-batch-size", "4", "--lr", "3e-3", "--min-lr", "3e-4",
-            "--lr-warmup-iters", "1", "--eval-iters", "0", "--no-telemetry", "--no-mlflow"]
+NORM_PLACEMENTS = {
+    "pre": [],
+    "post": ["--norm-placement", "post"],
+    "peri": ["--norm-placement", "peri", "--peri-ln-embedding-norm"],
+    "mix": ["--norm-placement", "mix", "--mix-ln-alpha", "0.5"],
+}
+SCHEDULE = [
+    "--micro-batch-size",
+    "2",
+    "--global-batch-size",
+    "4",
+    "--lr",
+    "3e-3",
+    "--min-lr",
+    "3e-4",
+    "--lr-warmup-iters",
+    "1",
+    "--eval-iters",
+    "0",
+    "--no-telemetry",
+    "--no-mlflow",
+]
 
 
 def _free_port() -> int:
@@ -29,19 +72,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def train(tmp: Path, name: str, args: list[str], nproc: int = 1, timeout: int = 300,
-          env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def train(
+    tmp: Path,
+    name: str,
+    args: list[str],
+    nproc: int = 1,
+    timeout: int = 300,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
     """Run one training job with --output-dir tmp/runs and --mlflow-run-name name."""
     cmd = [sys.executable]
     if nproc > 1:
-        cmd += ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                "--master-port", str(_free_port())]
-    cmd += ["-m", "megatron_cod.training", *args, "--output-dir", str(tmp / "runs"),
-            "--mlflow-run-name", name]
+        cmd += [
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(nproc),
+            "--master-port",
+            str(_free_port()),
+        ]
+    cmd += [
+        "-m",
+        "megatron_cod.training",
+        *args,
+        "--output-dir",
+        str(tmp / "runs"),
+        "--mlflow-run-name",
+        name,
+    ]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, cwd=tmp, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"training {name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"training {name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -51,5 +116,8 @@ def journal(tmp: Path, name: str) -> list[dict]:
 
 
 def losses(tmp: Path, name: str) -> dict[int, float]:
-    return {e["step"]: e["metrics"]["train/lm_loss"] for e in journal(tmp, name)
-            if "train/lm_loss" in e["metrics"]}
+    return {
+        e["step"]: e["metrics"]["train/lm_loss"]
+        for e in journal(tmp, name)
+        if "train/lm_loss" in e["metrics"]
+    }

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 from mlflow import MlflowClient
+from training_launch import SCHEDULE, TINY_DENSE, _free_port, journal, losses, train
 
 from megatron_cod.training.checkpoint import latest_iteration
-from training_launch import SCHEDULE, TINY_DENSE, _free_port, journal, losses, train
 
 pytestmark = pytest.mark.slow
 ARGS = TINY_DENSE + SCHEDULE + ["--train-iters", "6"]
@@ -32,8 +32,13 @@ def test_nan_stop_names_step_and_layer_keeps_last_good_checkpoint(tmp_path, buil
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     ckpt = tmp_path / "ckpt"
     args = [a for a in ARGS if a != "--no-mlflow"]
-    proc = train(tmp_path, "nan", args + ["--save", str(ckpt), "--save-interval", "2", "--inject-fault", "nan@3"],
-                 env={"MLFLOW_TRACKING_URI": uri}, check=False)
+    proc = train(
+        tmp_path,
+        "nan",
+        args + ["--save", str(ckpt), "--save-interval", "2", "--inject-fault", "nan@3"],
+        env={"MLFLOW_TRACKING_URI": uri},
+        check=False,
+    )
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(lines) == 1 and "Traceback" not in proc.stderr
@@ -48,19 +53,33 @@ def test_nan_stop_names_step_and_layer_keeps_last_good_checkpoint(tmp_path, buil
 def test_nan_skip_drops_the_update_and_logs_it(tmp_path, builtin_dataset):
     proc = train(tmp_path, "skip", ARGS + ["--inject-fault", "nan@3", "--on-nan", "skip"])
     assert "skipped the update" in proc.stderr and "iteration 3" in proc.stderr
-    records = {e["step"]: e["metrics"] for e in journal(tmp_path, "skip") if "train/skipped_updates" in e["metrics"]}
+    records = {
+        e["step"]: e["metrics"] for e in journal(tmp_path, "skip") if "train/skipped_updates" in e["metrics"]
+    }
     assert [records[s]["train/skipped_updates"] for s in range(1, 7)] == [0, 0, 1, 1, 1, 1]
-    assert math.isnan(records[3]["train/lm_loss"]) and all(math.isfinite(records[s]["train/lm_loss"]) for s in (4, 5, 6))
-    too_many = train(tmp_path, "too_many", ARGS + ["--inject-fault", "nan@2", "nan@3", "--on-nan", "skip",
-                                                   "--max-skipped-steps", "1"], check=False)
+    assert math.isnan(records[3]["train/lm_loss"]) and all(
+        math.isfinite(records[s]["train/lm_loss"]) for s in (4, 5, 6)
+    )
+    too_many = train(
+        tmp_path,
+        "too_many",
+        ARGS + ["--inject-fault", "nan@2", "nan@3", "--on-nan", "skip", "--max-skipped-steps", "1"],
+        check=False,
+    )
     assert too_many.returncode == 1 and "more than --max-skipped-steps 1" in too_many.stderr
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_kill_in_save_then_load_resumes_bitwise(tmp_path, straight, nproc):
     ckpt = str(tmp_path / "ckpt")
-    assert _train_killed(tmp_path, ARGS + ["--save", ckpt, "--save-interval", "2",
-                                           "--inject-fault", "kill-in-save@4"], nproc) != 0
+    assert (
+        _train_killed(
+            tmp_path,
+            ARGS + ["--save", ckpt, "--save-interval", "2", "--inject-fault", "kill-in-save@4"],
+            nproc,
+        )
+        != 0
+    )
     assert latest_iteration(ckpt) == 2  # the half-written iteration 4 is never chosen
     train(tmp_path, "resumed", ARGS + ["--load", ckpt, "--save", ckpt], nproc=nproc)
     resumed = losses(tmp_path, "resumed")
@@ -84,11 +103,32 @@ def _train_killed(tmp_path, args, nproc):
     hold a pipe open), in its own session so those helpers are cleaned up afterwards."""
     cmd = [sys.executable]
     if nproc > 1:
-        cmd += ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(_free_port())]
-    cmd += ["-m", "megatron_cod.training", *args, "--output-dir", str(tmp_path / "runs"), "--mlflow-run-name", "killed"]
+        cmd += [
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(nproc),
+            "--master-port",
+            str(_free_port()),
+        ]
+    cmd += [
+        "-m",
+        "megatron_cod.training",
+        *args,
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--mlflow-run-name",
+        "killed",
+    ]
     with (tmp_path / "killed.log").open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         code = proc.wait(timeout=300)
     try:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -7,19 +7,34 @@ import sys
 import time
 
 from mlflow.tracking import MlflowClient
+from training_launch import SCHEDULE, TINY_MOE
 
 from megatron_cod.training.checkpoint import latest_iteration
-from training_launch import SCHEDULE, TINY_MOE
 
 
 def test_sigterm_saves_a_checkpoint_and_marks_the_run_killed(tmp_path, builtin_dataset):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     ckpt = tmp_path / "ckpt"
     args = [a for a in SCHEDULE if a != "--no-mlflow"]
-    cmd = [sys.executable, "-m", "megatron_cod.training", *TINY_MOE, *args, "--train-iters", "500",
-           "--save", str(ckpt), "--output-dir", str(tmp_path / "runs"), "--mlflow-run-name", "doomed"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "megatron_cod.training",
+        *TINY_MOE,
+        *args,
+        "--train-iters",
+        "500",
+        "--save",
+        str(ckpt),
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--mlflow-run-name",
+        "doomed",
+    ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     journal = tmp_path / "runs" / "doomed" / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < 3):

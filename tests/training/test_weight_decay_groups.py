@@ -25,9 +25,15 @@ def world():
 def _one_zero_grad_step(decay_norm_and_bias: bool, decay_embeddings: bool):
     cfg = ExperimentConfig(
         model=ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=16),
-        optim=OptimizerConfig(lr=LR, min_lr=LR, weight_decay=WD, lr_warmup_iters=0,
-                              lr_decay_style="constant", decay_norm_and_bias=decay_norm_and_bias,
-                              decay_embeddings=decay_embeddings),
+        optim=OptimizerConfig(
+            lr=LR,
+            min_lr=LR,
+            weight_decay=WD,
+            lr_warmup_iters=0,
+            lr_decay_style="constant",
+            decay_norm_and_bias=decay_norm_and_bias,
+            decay_embeddings=decay_embeddings,
+        ),
         train=TrainConfig(train_iters=2, micro_batch_size=1, global_batch_size=1),
     )
     model = build_training_model(cfg, vocab_size=64)
