@@ -2,9 +2,9 @@
 each norm placement."""
 
 import pytest
-
 from training_launch import NORM_PLACEMENTS, SCHEDULE, TINY_MOE, losses, train
-from megatron_cod.training.checkpoint import latest_iteration, read_checkpoint_meta, iteration_dir
+
+from megatron_cod.training.checkpoint import iteration_dir, latest_iteration, read_checkpoint_meta
 
 
 @pytest.mark.parametrize("placement", list(NORM_PLACEMENTS))
