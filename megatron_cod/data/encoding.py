@@ -13,7 +13,8 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import numpy
 
@@ -95,19 +96,18 @@ def _encode_chunk(chunk: Sequence[Sequence[str]]) -> list[tuple[EncodedDocument,
     return [_WORKER_ENCODER.encode(texts) for texts in chunk]
 
 
-def encode_chunks(
-    encoder: DocumentEncoder, chunks: Iterable[Sequence[Sequence[str]]], workers: int
-) -> Iterator[list[tuple[EncodedDocument, ...]]]:
-    """Encoded chunks in input order, with at most ``2 * workers`` chunks in flight so that
-    reading never runs ahead of encoding by more than that (inputs can be many GB).
+@contextmanager
+def worker_pool(encoder: DocumentEncoder, workers: int) -> Iterator[Any]:
+    """The pool of ``workers`` spawned encoder processes (None for one worker); closed on exit,
+    terminated on an error or Ctrl-C.
 
     Workers are spawned, not forked (the parent runs threads, e.g. the progress display), and
     a spawned worker re-imports the caller's main module: scripts that use several workers
-    should keep heavy imports inside functions.
+    should keep heavy imports inside functions. Start the pool before anything is written: the
+    parent ignores Ctrl-C while the workers start (seconds on a busy machine).
     """
     if workers <= 1:
-        for chunk in chunks:
-            yield [encoder.encode(texts) for texts in chunk]
+        yield None
         return
     context = multiprocessing.get_context("spawn")
     # Ctrl-C reaches the whole process group; only the parent handles it (and stops the pool).
@@ -121,16 +121,29 @@ def encode_chunks(
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
     try:
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(_encode_chunk, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        yield pool
     except BaseException:
         pool.terminate()
         pool.join()
         raise
     pool.close()
     pool.join()
+
+
+def encode_chunks(
+    encoder: DocumentEncoder, chunks: Iterable[Sequence[Sequence[str]]], workers: int, pool: Any = None
+) -> Iterator[list[tuple[EncodedDocument, ...]]]:
+    """Encoded chunks in input order: in this process, or on ``pool`` (see worker_pool) with at most
+    ``2 * workers`` chunks in flight so that reading never runs ahead of encoding by more than that
+    (inputs can be many GB)."""
+    if pool is None:
+        for chunk in chunks:
+            yield [encoder.encode(texts) for texts in chunk]
+        return
+    pending: deque = deque()
+    for chunk in chunks:
+        pending.append(pool.apply_async(_encode_chunk, (chunk,)))
+        if len(pending) >= 2 * workers:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()

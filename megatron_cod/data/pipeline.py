@@ -18,11 +18,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy
 
-from megatron_cod.data.encoding import DocumentEncoder, encode_chunks
+from megatron_cod.data.encoding import DocumentEncoder, encode_chunks, worker_pool
 from megatron_cod.data.errors import DataError
 from megatron_cod.data.indexed_output import DTYPES, choose_dtype, open_builder
 from megatron_cod.data.inputs import (
@@ -232,7 +232,10 @@ def preprocess(config: PreprocessConfig) -> PreprocessSummary:
 
         encoder = DocumentEncoder(tokenizer, punkt_params, config.append_eod, dtype)
         tokenize_start = time.monotonic()
-        counts = _write_documents(config, paths, reader(), encoder, outputs, dtype)
+        # the workers start before any output file opens, so an interrupt that finds files being
+        # written finds the parent listening for it
+        with worker_pool(encoder, config.workers) as pool:
+            counts = _write_documents(config, paths, reader(), encoder, outputs, dtype, pool)
         if counts["documents"] == 0:
             raise DataError(_empty_input_message(paths))
         tokenize_seconds = time.monotonic() - tokenize_start
@@ -321,6 +324,7 @@ def _write_documents(
     encoder: DocumentEncoder,
     outputs: OutputFiles,
     dtype,
+    pool: Any = None,
 ) -> _Counts:
     builders = {
         key: open_builder(outputs.temp(Path(config.data_prefix(key) + ".bin")), dtype)
@@ -332,7 +336,7 @@ def _write_documents(
     sequences_at: dict[int, int] = {0: 0}
     try:
         with ThroughputProgress(total_input_bytes(paths), config.show_progress) as progress:
-            for encoded_chunk in encode_chunks(encoder, _chunks(reader, positions), config.workers):
+            for encoded_chunk in encode_chunks(encoder, _chunks(reader, positions), config.workers, pool):
                 for encoded in encoded_chunk:
                     for key, (ids, lengths) in zip(config.json_keys, encoded):
                         builders[key].add_document(ids, lengths)
