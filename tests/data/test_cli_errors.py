@@ -209,8 +209,15 @@ def test_ctrl_c_mid_run_leaves_nothing(tmp_path, out, tokenizer_dir, leftovers):
         "--workers",
         "2",
     ]
+    # a terminal's Ctrl-C reaches a tool whose SIGINT is at its default; an ignored SIGINT would be
+    # inherited through exec from this process, where an earlier test may have left it ignored
     proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         writer = _open_fifo_writer(fifo, proc, timeout=120)
