@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import warm_launch
+
 TINY_MOE = [
     "--num-layers",
     "4",
@@ -80,29 +82,29 @@ def train(
     timeout: int = 300,
     env: dict[str, str] | None = None,
     check: bool = True,
+    warm: bool = True,
 ) -> subprocess.CompletedProcess:
-    """Run one training job with --output-dir tmp/runs and --mlflow-run-name name."""
-    cmd = [sys.executable]
-    if nproc > 1:
-        cmd += [
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            str(nproc),
-            "--master-port",
-            str(_free_port()),
-        ]
-    cmd += [
-        "-m",
-        "megatron_cod.training",
-        *args,
-        "--output-dir",
-        str(tmp / "runs"),
-        "--mlflow-run-name",
-        name,
-    ]
+    """Run one training job with --output-dir tmp/runs and --mlflow-run-name name: forked from the warm
+    server (warm_launch), or with ``warm=False`` as a fresh ``python -m`` (torchrun for nproc > 1)."""
+    tool_args = [*args, "--output-dir", str(tmp / "runs"), "--mlflow-run-name", name]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run(cmd, cwd=tmp, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if warm:
+        proc = warm_launch.run(
+            "megatron_cod.training", tool_args, cwd=tmp, env=full_env, nproc=nproc, timeout=timeout
+        )
+    else:
+        cmd = [sys.executable]
+        if nproc > 1:
+            cmd += [
+                "-m",
+                "torch.distributed.run",
+                "--nproc-per-node",
+                str(nproc),
+                "--master-port",
+                str(_free_port()),
+            ]
+        cmd += ["-m", "megatron_cod.training", *tool_args]
+        proc = subprocess.run(cmd, cwd=tmp, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"training {name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
