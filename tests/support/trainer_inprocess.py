@@ -1,4 +1,5 @@
-"""Drive pretrain() in spawned processes (gloo, world size 1 or 2) with a recording callback."""
+"""Drive pretrain() in processes forked from the warm server (warm_launch), gloo at world size 1 or 2,
+with a recording callback."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+import warm_launch
 from training_launch import SCHEDULE, TINY_DENSE
 
 
@@ -88,13 +90,12 @@ def run(tmp: Path, world_size: int, args: list[str]) -> dict[int, tuple]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
+    queue = warm_launch.context().Queue()
     mp.start_processes(
         _worker,
         args=(world_size, port, str(tmp), args, queue),
         nprocs=world_size,
-        start_method="spawn",
+        start_method="forkserver",
         join=True,
     )
     out = {}

@@ -45,7 +45,8 @@ SERVER_ENV = {"OMP_NUM_THREADS": "1"}
 _started = False
 
 
-def _context() -> multiprocessing.context.ForkServerContext:
+def context() -> multiprocessing.context.ForkServerContext:
+    """multiprocessing's forkserver context, its server started (once) with the tools imported."""
     global _started
     ctx = multiprocessing.get_context("forkserver")
     if not _started:
@@ -127,7 +128,7 @@ def run(
     """``python -m module args`` (``torchrun --nproc-per-node nproc`` for several ranks), as
     subprocess.run(..., capture_output=True, text=True) returns it; raises TimeoutExpired likewise.
     Several ranks: exit status 0 when every rank exits 0, else 1, their outputs in rank order."""
-    ctx = _context()
+    ctx = context()
     base_env = {**os.environ, **SERVER_ENV, **(env or {})}
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="warm-") as logs:
