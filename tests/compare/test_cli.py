@@ -10,13 +10,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import warm_launch
 from mlflow import MlflowClient
 
 from megatron_cod.compare.cli import main
 from megatron_cod.tracking import tags
 
 
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _cli(args: list[str], cwd: Path, warm: bool = True) -> subprocess.CompletedProcess:
+    """cod-compare as a process: forked from the warm server, or a fresh interpreter (its import-time
+    output is on stderr too)."""
+    if warm:
+        return warm_launch.run("megatron_cod.compare.cli", args, cwd=cwd, timeout=120)
     return subprocess.run([sys.executable, "-m", "megatron_cod.compare.cli", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=120)
 
@@ -91,7 +96,7 @@ def test_existing_output_is_kept(store, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
-    proc = _cli(["--experiment", "exp", "--tracking-uri", store.uri, "--output-dir", str(out)], tmp_path)
+    proc = _cli(["--experiment", "exp", "--tracking-uri", store.uri, "--output-dir", str(out)], tmp_path, warm=False)
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
     assert (out / "mine.txt").read_text() == "keep"
 

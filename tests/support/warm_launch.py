@@ -75,6 +75,9 @@ def _run_module(module: str, args: list[str], env: dict[str, str], cwd: str, out
         os.dup2(handle, fd)
         os.close(handle)
     sys.argv = [module, *args]
+    # as in a fresh interpreter, the module runs as __main__ without having been imported first (runpy
+    # warns otherwise); what it imports is already loaded
+    sys.modules.pop(module, None)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
