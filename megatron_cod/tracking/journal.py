@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,23 +81,34 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 class JsonlJournal:
-    """Writes the three files above; every call completes before it returns."""
+    """Writes the three files above; every call completes before it returns.
+
+    tracking.json is updated under a lock: the MLflow worker thread records its run while the
+    training thread may be adding params or tags.
+    """
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / JOURNAL_NAME
         self._file = self.path.open("a", encoding="utf-8")
         self._record = read_record(self.run_dir)
+        self._record_lock = threading.Lock()
         write_status(self.run_dir, "RUNNING")
 
+    def _update_record(self, change: Callable[[dict[str, Any]], object]) -> None:
+        with self._record_lock:
+            change(self._record)
+            write_record(self.run_dir, self._record)
+
     def describe_run(self, experiment: str, run_name: str, tracking_uri: str | None) -> None:
-        self._record.update(experiment=experiment, run_name=run_name, tracking_uri=tracking_uri)
-        write_record(self.run_dir, self._record)
+        self._update_record(
+            lambda record: record.update(experiment=experiment, run_name=run_name, tracking_uri=tracking_uri)
+        )
 
     def record_mlflow_run(self, tracking_uri: str, experiment_id: str, run_id: str) -> None:
         """The MLflow run this directory's calls went to, so cod-sync completes it rather than a new one."""
-        self._record["mlflow_runs"][tracking_uri] = {"run_id": run_id, "experiment_id": experiment_id}
-        write_record(self.run_dir, self._record)
+        entry = {"run_id": run_id, "experiment_id": experiment_id}
+        self._update_record(lambda record: record["mlflow_runs"].update({tracking_uri: entry}))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         record = {"step": step, "time": time.time(), "metrics": metrics}
@@ -103,18 +116,15 @@ class JsonlJournal:
         self._file.flush()
 
     def log_params(self, params: dict[str, str]) -> None:
-        self._record["params"].update(params)
-        write_record(self.run_dir, self._record)
+        self._update_record(lambda record: record["params"].update(params))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self._record["tags"].update(tags)
-        write_record(self.run_dir, self._record)
+        self._update_record(lambda record: record["tags"].update(tags))
 
     def log_artifact(self, path: Path, artifact_path: str | None) -> None:
         entry = [str(Path(path).resolve()), artifact_path]
         if entry not in self._record["artifacts"]:
-            self._record["artifacts"].append(entry)
-            write_record(self.run_dir, self._record)
+            self._update_record(lambda record: record["artifacts"].append(entry))
 
     def finish(self, status: RunStatus, reason: str | None = None) -> None:
         self._file.close()

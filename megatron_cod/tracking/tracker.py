@@ -3,7 +3,8 @@
 The journal (metrics.jsonl + tracking.json + status.json in the run directory) is written in the
 calling thread and is complete by construction. MLflow and W&B sit behind background workers
 (``worker.BackgroundSink``): a slow, unreachable or dying server never blocks the caller, and what
-did not reach it is replayed later from the journal by ``cod-sync``.
+did not reach it is replayed later from the journal by ``cod-sync``. Even opening MLflow's run
+happens there: training starts at once, and only the first question for the run's id waits (boundedly).
 """
 
 from __future__ import annotations
@@ -37,11 +38,15 @@ class Tracker:
         journal: JsonlJournal | None,
         remotes: list[BackgroundSink],
         drain_timeout: float,
+        open_timeout: float = 0.0,
     ) -> None:
         self.run_dir = run_dir
         self._journal = journal
         self._remotes = remotes
         self._drain_timeout = drain_timeout
+        self._open_timeout = open_timeout
+        # whether the one bounded wait for MLflow's run (and the check of its open error) has happened
+        self._mlflow_settled = False
         self.status: RunStatus | None = None
         self.undelivered: dict[str, int] = {}
 
@@ -55,9 +60,11 @@ class Tracker:
     ) -> Tracker:
         """Open the journal and every remote backend `cfg` enables; params are typically the flat config.
 
-        Waits at most cfg.tracker_timeout for MLflow to open its run, so the run id is known at once
-        when the store answers; an unreachable store is a warning, not an error. A configuration error
-        the store reports (a deleted experiment) is raised.
+        Returns without waiting for MLflow: its run is opened by the background worker, which records
+        it in the journal as soon as it exists. The first read of run_id (experiment_id, tracking_uri,
+        ui_hint) waits at most cfg.tracker_timeout for it, later reads never wait; ask as late as you
+        can so the open overlaps with other work. An unreachable store is a warning, not an error; a
+        configuration error the store reports (a deleted experiment) is raised by that first read.
         """
         run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +86,11 @@ class Tracker:
             bound_http_retries(cfg.tracker_timeout)
 
             def open_mlflow() -> MlflowSink:
-                return MlflowSink.start(cfg, run_name, text_params, text_tags)
+                sink = MlflowSink.start(cfg, run_name, text_params, text_tags)
+                if journal is not None:
+                    # at once, so cod-sync completes this run rather than creating another one
+                    journal.record_mlflow_run(sink.tracking_uri, sink.experiment_id, sink.run_id)
+                return sink
 
             remotes.append(BackgroundSink("mlflow", open_mlflow, cfg.tracker_queue_size, str(run_dir)))
         if use_wandb:
@@ -88,17 +99,7 @@ class Tracker:
                 return WandbSink.start(cfg, run_dir, run_name, text_params, text_tags)
 
             remotes.append(BackgroundSink("wandb", open_wandb, cfg.tracker_queue_size, str(run_dir)))
-        tracker = cls(run_dir, journal, remotes, cfg.tracker_drain_timeout)
-        mlflow = tracker._remote("mlflow")
-        if mlflow is not None:
-            sink = mlflow.wait_open(cfg.tracker_timeout)
-            if isinstance(mlflow.open_error, TrackingError):
-                tracker._remotes.remove(mlflow)
-                tracker.finish("FAILED")
-                raise mlflow.open_error
-            if isinstance(sink, MlflowSink) and journal is not None:
-                journal.record_mlflow_run(sink.tracking_uri, sink.experiment_id, sink.run_id)
-        return tracker
+        return cls(run_dir, journal, remotes, cfg.tracker_drain_timeout, cfg.tracker_timeout)
 
     def _remote(self, name: str) -> BackgroundSink | None:
         return next((r for r in self._remotes if r.name == name), None)
@@ -159,8 +160,12 @@ class Tracker:
             self._journal.finish(status, reason)
         for remote in self._remotes:
             missing = remote.close(status, self._drain_timeout)
-            if missing or remote.error is not None:
+            if self._unraised_config_error(remote) is not None:
+                # nobody asked for the run id, so the error was never raised: say it, replaying cannot help
+                print(f"[megatron_cod] warning: tracker {remote.name}: {remote.open_error}", file=sys.stderr)
+            elif missing or remote.error is not None:
                 self.undelivered[remote.name] = missing
+        self._mlflow_settled = True  # the worker is done (or given up on): nothing left to wait for
         if self.undelivered:
             lacking = ", ".join(f"{name} ({n} calls)" for name, n in self.undelivered.items())
             hint = (
@@ -175,10 +180,28 @@ class Tracker:
         for remote in self._remotes:
             remote.flush(timeout)
 
+    def _unraised_config_error(self, remote: BackgroundSink) -> TrackingError | None:
+        """The store's configuration error (TrackingError) at MLflow's open, if not raised yet."""
+        error = remote.open_error
+        unraised = remote.name == "mlflow" and not self._mlflow_settled
+        return error if unraised and isinstance(error, TrackingError) else None
+
     @property
     def _mlflow(self) -> MlflowSink | None:
+        """MLflow's sink once its run is open. The first call waits at most the open timeout (and raises
+        the store's configuration error, ending the run FAILED); later calls never wait."""
         remote = self._remote("mlflow")
-        sink = remote.sink if remote is not None else None
+        if remote is None:
+            return None
+        if not self._mlflow_settled:
+            remote.wait_open(self._open_timeout)
+            error = self._unraised_config_error(remote)
+            self._mlflow_settled = True
+            if error is not None:
+                self._remotes.remove(remote)
+                self.finish("FAILED", f"{type(error).__name__}: {error}")
+                raise error
+        sink = remote.sink
         return sink if isinstance(sink, MlflowSink) else None
 
     @property

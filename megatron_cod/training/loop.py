@@ -8,7 +8,7 @@ import torch.distributed as dist
 import yaml
 
 from megatron_cod import platform
-from megatron_cod.tracking import NullTracker, Tracker, tags, tracked_run
+from megatron_cod.tracking import NullTracker, Tracker, TrackingError, tags, tracked_run
 from megatron_cod.training.callbacks import SIGTERM_STOP, default_callbacks
 from megatron_cod.training.checkpoint import latest_iteration
 from megatron_cod.training.console import ConsoleLog
@@ -33,6 +33,23 @@ def _broadcast_from_rank(value: Any, src: int) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def _share_run_id(tracker: Tracker | NullTracker, src: int) -> str | None:
+    """The MLflow run id on every rank (rank 0 writes it into checkpoint metadata).
+
+    On the logging rank this is the first need of the id: it waits (boundedly) for MLflow's open,
+    which has overlapped with the model build. A configuration error the store reported is raised
+    on every rank, so none is left waiting in a collective.
+    """
+    try:
+        shared: tuple[str | None, str | None] = (tracker.run_id, None)
+    except TrackingError as exc:
+        shared = (None, str(exc))
+    run_id, error = _broadcast_from_rank(shared, src)
+    if error is not None:
+        raise TrackingError(error)
+    return run_id
 
 
 def _open_tracker(cfg: Any, world_size: int, config_yaml: str) -> Tracker:
@@ -73,8 +90,8 @@ def pretrain(cfg: Any, config_yaml: str | None = None, callbacks: list[Any] | No
             trainer = Trainer(cfg, ctx, data, config_yaml)
             if cfg.checkpoint.load:
                 trainer.load()
-            # rank 0 writes checkpoint metadata; the run id lives on the logging rank
-            trainer.mlflow_run_id = _broadcast_from_rank(tracker.run_id, ctx.world_size - 1)
+            # only now, after the model build and load, is the MLflow run id needed
+            trainer.mlflow_run_id = _share_run_id(tracker, ctx.world_size - 1)
             console = ConsoleLog(cfg.train.train_iters, trainer.iteration, enabled=logging_rank)
             outcome = trainer.fit(default_callbacks(cfg, trainer.model, tracker, console, callbacks or ()))
             if outcome.stopped_by == SIGTERM_STOP:

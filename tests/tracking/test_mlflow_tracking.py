@@ -160,5 +160,7 @@ def test_deleted_experiment_is_a_clear_error(store, tmp_path):
     _, uri = store
     client = MlflowClient(tracking_uri=uri)
     client.delete_experiment(client.create_experiment("gone"))
+    tracker = Tracker.start(_cfg(uri, experiment="gone"), tmp_path, {})  # does not wait for the store
     with pytest.raises(TrackingError, match="MLflow experiment 'gone' is deleted"):
-        Tracker.start(_cfg(uri, experiment="gone"), tmp_path, {})
+        _ = tracker.run_id  # the first need of the run waits for it, and raises the store's error
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == tracker.status == "FAILED"
