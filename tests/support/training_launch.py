@@ -74,6 +74,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def command(tmp: Path, name: str, args: list[str], nproc: int = 1) -> list[str]:
+    """The fresh-interpreter command line of train(): ``python -m``, or torchrun for nproc > 1."""
+    cmd = [sys.executable]
+    if nproc > 1:
+        cmd += [
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(nproc),
+            "--master-port",
+            str(_free_port()),
+        ]
+    return [*cmd, "-m", "megatron_cod.training", *_tool_args(tmp, name, args)]
+
+
+def _tool_args(tmp: Path, name: str, args: list[str]) -> list[str]:
+    return [*args, "--output-dir", str(tmp / "runs"), "--mlflow-run-name", name]
+
+
 def train(
     tmp: Path,
     name: str,
@@ -86,25 +105,25 @@ def train(
 ) -> subprocess.CompletedProcess:
     """Run one training job with --output-dir tmp/runs and --mlflow-run-name name: forked from the warm
     server (warm_launch), or with ``warm=False`` as a fresh ``python -m`` (torchrun for nproc > 1)."""
-    tool_args = [*args, "--output-dir", str(tmp / "runs"), "--mlflow-run-name", name]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     if warm:
         proc = warm_launch.run(
-            "megatron_cod.training", tool_args, cwd=tmp, env=full_env, nproc=nproc, timeout=timeout
+            "megatron_cod.training",
+            _tool_args(tmp, name, args),
+            cwd=tmp,
+            env=full_env,
+            nproc=nproc,
+            timeout=timeout,
         )
     else:
-        cmd = [sys.executable]
-        if nproc > 1:
-            cmd += [
-                "-m",
-                "torch.distributed.run",
-                "--nproc-per-node",
-                str(nproc),
-                "--master-port",
-                str(_free_port()),
-            ]
-        cmd += ["-m", "megatron_cod.training", *tool_args]
-        proc = subprocess.run(cmd, cwd=tmp, env=full_env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            command(tmp, name, args, nproc),
+            cwd=tmp,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     if check and proc.returncode != 0:
         raise AssertionError(
             f"training {name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"

@@ -5,11 +5,10 @@ import math
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 from mlflow import MlflowClient
-from training_launch import SCHEDULE, TINY_DENSE, _free_port, journal, losses, train
+from training_launch import SCHEDULE, TINY_DENSE, command, journal, losses, train
 
 from megatron_cod.training.checkpoint import latest_iteration
 
@@ -101,25 +100,7 @@ def test_sigterm_saves_exits_zero_and_resumes_bitwise(tmp_path, straight, nproc)
 def _train_killed(tmp_path, args, nproc):
     """Run a job that SIGKILLs itself: output to a file (helpers megatron's save forked may outlive it and
     hold a pipe open), in its own session so those helpers are cleaned up afterwards."""
-    cmd = [sys.executable]
-    if nproc > 1:
-        cmd += [
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            str(nproc),
-            "--master-port",
-            str(_free_port()),
-        ]
-    cmd += [
-        "-m",
-        "megatron_cod.training",
-        *args,
-        "--output-dir",
-        str(tmp_path / "runs"),
-        "--mlflow-run-name",
-        "killed",
-    ]
+    cmd = command(tmp_path, "killed", args, nproc)
     with (tmp_path / "killed.log").open("w") as log:
         proc = subprocess.Popen(
             cmd,
