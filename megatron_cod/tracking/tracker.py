@@ -38,7 +38,7 @@ class Tracker:
         journal: JsonlJournal | None,
         remotes: list[BackgroundSink],
         drain_timeout: float,
-        open_timeout: float = 0.0,
+        open_timeout: float,
     ) -> None:
         self.run_dir = run_dir
         self._journal = journal

@@ -78,3 +78,16 @@ def test_first_read_waits_at_most_the_timeout_and_later_reads_never_wait(store, 
     assert tracker.run_id == remote.sink.run_id  # known once open, without waiting
     tracker.finish()
     assert MlflowClient(tracking_uri=uri).get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_a_configuration_error_nobody_asked_about_is_one_warning_at_the_end(store, tmp_path, capsys):
+    _, uri = store
+    client = MlflowClient(tracking_uri=uri)
+    client.delete_experiment(client.create_experiment("deleted-before-the-run"))
+    cfg = LoggingConfig(mlflow_tracking_uri=uri, mlflow_experiment="deleted-before-the-run")
+    tracker = Tracker.start(cfg, tmp_path / "run", params={})
+    tracker.log_metrics({"loss": 1.0}, 1)
+    tracker.finish()  # the run id was never read, so the store's error was never raised
+    lines = [line for line in capsys.readouterr().err.splitlines() if "[megatron_cod]" in line]
+    assert len(lines) == 1 and "'deleted-before-the-run' is deleted" in lines[0]
+    assert tracker.run_id is None and tracker.undelivered == {}
