@@ -16,6 +16,7 @@ global batch lossless enough; the buffer is a few KB.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -160,6 +161,56 @@ class PendingSums:
         self._values = []
         self._value_positions = []
         self._counts = {}
+
+
+class TokenTerms:
+    """Per-token reductions from the layer and branch hooks, turned into their per-token terms and
+    summed over tokens for many hooks at once.
+
+    A hook's own passes over the activations are a few reductions; the per-token terms built from
+    them (variance, ratios, cosine) are a dozen small ops on token-sized vectors, whose fixed cost
+    per op is most of a hook's time. Held here, they run once per ``flush_every`` hooks (about one
+    micro-batch) on the stacked vectors instead. What is held is bounded: token vectors of at most
+    ``flush_every`` hooks.
+    """
+
+    def __init__(self, pending: PendingSums, flush_every: int) -> None:
+        self._pending = pending
+        self._flush_every = max(1, flush_every)
+        self._groups: dict[tuple[Callable[[torch.Tensor, int], torch.Tensor], int, int], _Held] = {}
+        self._held = 0
+
+    def add(
+        self,
+        terms: Callable[[torch.Tensor, int], torch.Tensor],
+        d: int,
+        reductions: torch.Tensor,
+        positions: list[int],
+    ) -> None:
+        """reductions ``[k, tokens]`` whose ``terms(stacked [n, k, tokens], d)`` are ``[n, len(positions),
+        tokens]``; their sums over tokens go to ``positions``."""
+        held = self._groups.setdefault((terms, d, reductions.shape[-1]), _Held([], []))
+        held.reductions.append(reductions)
+        held.positions.extend(positions)
+        self._held += 1
+        if self._held >= self._flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        for (terms, d, _), held in self._groups.items():
+            values = terms(torch.stack(held.reductions), d).sum(dim=-1, dtype=torch.float64)
+            self._pending.add(held.positions, values.flatten())
+        self.clear()
+
+    def clear(self) -> None:
+        self._groups = {}
+        self._held = 0
+
+
+@dataclass
+class _Held:
+    reductions: list[torch.Tensor]
+    positions: list[int]
 
 
 def _numel(shape: tuple[int, ...]) -> int:

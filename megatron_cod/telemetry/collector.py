@@ -75,6 +75,7 @@ from megatron_cod.telemetry.accumulator import (
     BufferShape,
     PendingSums,
     TelemetryBuffers,
+    TokenTerms,
 )
 from megatron_cod.telemetry.params import (
     WEIGHT_FAMILIES,
@@ -182,6 +183,8 @@ class DepthTelemetry:
         self._build_weight_plan()
 
         self._pending = PendingSums()
+        # about one micro-batch of layer and branch hooks per batch of per-token terms
+        self._token_terms = TokenTerms(self._pending, flush_every=3 * len(self._layers))
         self._armed: set[str] = set()
         self._norms_taken = False
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -211,6 +214,7 @@ class DepthTelemetry:
         if self._armed:
             self._buf.zero_()
             self._pending.clear()
+            self._token_terms.clear()
             self._attach()
 
     def after_backward(self, iteration: int) -> None:
@@ -233,6 +237,7 @@ class DepthTelemetry:
         if not armed:
             return {}
         with _plain_torch():
+            self._token_terms.flush()
             self._pending.flush_into(self._buf)
             if WEIGHTS in armed:
                 self._collect_weights()
@@ -324,9 +329,9 @@ class DepthTelemetry:
             h_in = self._inputs.pop(layer)
             h_out = output[0] if isinstance(output, tuple) else output
             with _plain_torch():
-                terms = M.layer_output_terms(h_in, h_out).flatten(1)
-                self._pending.add(sums, terms.sum(dim=1, dtype=torch.float64))
-            self._pending.count(counts, terms.shape[1])
+                reductions = M.layer_output_reductions(h_in, h_out).flatten(1)
+                self._token_terms.add(M.layer_terms_from_reductions, h_out.shape[-1], reductions, sums)
+            self._pending.count(counts, reductions.shape[1])
 
         return hook
 
@@ -336,10 +341,11 @@ class DepthTelemetry:
         def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
             if _in_backward():
                 return
+            branch = _branch_output(output)
             with _plain_torch():
-                terms = M.branch_output_terms(_branch_output(output)).flatten(1)
-                self._pending.add(sums, terms.sum(dim=1, dtype=torch.float64))
-            self._pending.count(counts, terms.shape[1])
+                reductions = M.branch_output_reductions(branch).flatten(1)
+                self._token_terms.add(M.branch_terms_from_reductions, branch.shape[-1], reductions, sums)
+            self._pending.count(counts, reductions.shape[1])
 
         return hook
 

@@ -92,6 +92,38 @@ def residual_variance(h: torch.Tensor) -> torch.Tensor:
     return per_token_variance(h).mean()
 
 
+def layer_output_reductions(h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
+    """Per token, stacked on a new first dim: ||h_in||, ||h_out||, sum(h_out), ||h_out - h_in||: the
+    only passes over the activations that layer_output_terms needs."""
+    x, y = as_fp32(h_in), as_fp32(h_out)
+    return torch.stack(
+        [
+            torch.linalg.vector_norm(x, dim=-1),
+            torch.linalg.vector_norm(y, dim=-1),
+            y.sum(dim=-1),
+            torch.linalg.vector_norm(y - x, dim=-1),
+        ]
+    )
+
+
+def layer_terms_from_reductions(reductions: torch.Tensor, d: int) -> torch.Tensor:
+    """layer_output_terms from layer_output_reductions: ``[..., 4, tokens]`` in, ``[..., 5, tokens]``
+    out (order and numerics as layer_output_terms). Leading dims let telemetry stack many layers'
+    reductions and compute their terms in one set of small ops."""
+    x_norm, y_norm, y_sum, update = reductions.unbind(-2)
+    two_dot = x_norm.square() + y_norm.square() - update.square()
+    return torch.stack(
+        [
+            variance_from_norm_and_sum(y_norm, y_sum, d),
+            y_norm / math.sqrt(d),
+            update,
+            update / x_norm.clamp_min(_EPS),
+            two_dot / (2 * x_norm * y_norm).clamp_min(_EPS),
+        ],
+        dim=-2,
+    )
+
+
 def layer_output_terms(h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
     """Per token, stacked on a new first dim: variance and RMS of h_out, update norm, relative
     update, cosine of h_in and h_out.
@@ -104,28 +136,26 @@ def layer_output_terms(h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
     is that of a direct fp32 dot product; the update itself is taken from y - x, never from the
     identity, so small updates keep their relative precision.
     """
-    x, y = as_fp32(h_in), as_fp32(h_out)
-    d = y.shape[-1]
-    x_norm = torch.linalg.vector_norm(x, dim=-1)
-    y_norm = torch.linalg.vector_norm(y, dim=-1)
-    update = torch.linalg.vector_norm(y - x, dim=-1)
-    two_dot = x_norm.square() + y_norm.square() - update.square()
-    return torch.stack(
-        [
-            variance_from_norm_and_sum(y_norm, y.sum(dim=-1), d),
-            y_norm / math.sqrt(d),
-            update,
-            update / x_norm.clamp_min(_EPS),
-            two_dot / (2 * x_norm * y_norm).clamp_min(_EPS),
-        ]
-    )
+    reductions = layer_output_reductions(h_in, h_out).flatten(1)
+    return layer_terms_from_reductions(reductions, h_out.shape[-1]).reshape(5, *h_out.shape[:-1])
+
+
+def branch_output_reductions(a: torch.Tensor) -> torch.Tensor:
+    """Per token, stacked: ||a|| and sum(a) of a sub-layer branch output (one pass for each)."""
+    a = as_fp32(a)
+    return torch.stack([torch.linalg.vector_norm(a, dim=-1), a.sum(dim=-1)])
+
+
+def branch_terms_from_reductions(reductions: torch.Tensor, d: int) -> torch.Tensor:
+    """branch_output_terms from branch_output_reductions (first dim of 2, or on dim -2 of a stack)."""
+    norm, total = reductions.unbind(-2)
+    return torch.stack([variance_from_norm_and_sum(norm, total, d), norm], dim=-2)
 
 
 def branch_output_terms(a: torch.Tensor) -> torch.Tensor:
     """Per token, stacked: variance and L2 norm of a sub-layer branch output (one pass for each)."""
-    a = as_fp32(a)
-    norm = torch.linalg.vector_norm(a, dim=-1)
-    return torch.stack([variance_from_norm_and_sum(norm, a.sum(dim=-1), a.shape[-1]), norm])
+    reductions = branch_output_reductions(a).flatten(1)
+    return branch_terms_from_reductions(reductions, a.shape[-1]).reshape(2, *a.shape[:-1])
 
 
 # --- attention -----------------------------------------------------------------------------------
