@@ -137,6 +137,9 @@ def _branch_output(output: Any) -> torch.Tensor:
     return out if bias is None else out + bias
 
 
+_NO_OUTPUT: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+
+
 def _every(interval: int, iteration: int) -> bool:
     return interval > 0 and iteration % interval == 0
 
@@ -190,6 +193,8 @@ class DepthTelemetry:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._wrapped_routers: list[torch.nn.Module] = []
         self._inputs: dict[torch.nn.Module, torch.Tensor] = {}
+        # the last layer output seen and its per-token norm (the next layer's input norm)
+        self._last_output: tuple[torch.Tensor | None, torch.Tensor | None] = _NO_OUTPUT
         self._logits: dict[torch.nn.Module, torch.Tensor] = {}
         self._aux_before: dict[torch.nn.Module, list[tuple[int, str, torch.Tensor | None]]] = {}
         self._sampled: set[torch.nn.Module] = set()
@@ -311,6 +316,7 @@ class DepthTelemetry:
             del router.gating
         self._wrapped_routers = []
         self._inputs.clear()
+        self._last_output = _NO_OUTPUT
         self._logits.clear()
         self._aux_before.clear()
         self._sampled.clear()
@@ -328,8 +334,13 @@ class DepthTelemetry:
                 return
             h_in = self._inputs.pop(layer)
             h_out = output[0] if isinstance(output, tuple) else output
+            last_out, last_norm = self._last_output
             with _plain_torch():
-                reductions = M.layer_output_reductions(h_in, h_out).flatten(1)
+                # a layer's input is most often the previous layer's output, whose norm is known
+                in_norm = last_norm if h_in is last_out else None
+                reductions = M.layer_output_reductions(h_in, h_out, in_norm)
+                self._last_output = (h_out, reductions[1])
+                reductions = reductions.flatten(1)
                 self._token_terms.add(M.layer_terms_from_reductions, h_out.shape[-1], reductions, sums)
             self._pending.count(counts, reductions.shape[1])
 

@@ -92,13 +92,16 @@ def residual_variance(h: torch.Tensor) -> torch.Tensor:
     return per_token_variance(h).mean()
 
 
-def layer_output_reductions(h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
+def layer_output_reductions(
+    h_in: torch.Tensor, h_out: torch.Tensor, in_norm: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per token, stacked on a new first dim: ||h_in||, ||h_out||, sum(h_out), ||h_out - h_in||: the
-    only passes over the activations that layer_output_terms needs."""
+    only passes over the activations that layer_output_terms needs. ``in_norm``: ||h_in|| when
+    already known (the previous layer's ||h_out||: telemetry passes it on)."""
     x, y = as_fp32(h_in), as_fp32(h_out)
     return torch.stack(
         [
-            torch.linalg.vector_norm(x, dim=-1),
+            torch.linalg.vector_norm(x, dim=-1) if in_norm is None else in_norm,
             torch.linalg.vector_norm(y, dim=-1),
             y.sum(dim=-1),
             torch.linalg.vector_norm(y - x, dim=-1),
