@@ -56,6 +56,7 @@ from typing import Any
 import torch
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
 from megatron.core.utils import get_attr_wrapped_model
 
 from megatron_cod.telemetry import metrics as M
@@ -220,6 +221,11 @@ class DepthTelemetry:
             self._buf.zero_()
             self._pending.clear()
             self._token_terms.clear()
+            if ACTIVATIONS in self._armed and self._router_plan:
+                # megatron-core adds every router call's aux losses to its fp32 tracker and never
+                # clears it (Megatron-LM's training loop does, each step); grown over a long run, the
+                # per-call increments taken as differences of it would lose their precision
+                clear_aux_losses_tracker()
             self._attach()
 
     def after_backward(self, iteration: int) -> None:

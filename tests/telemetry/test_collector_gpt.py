@@ -223,6 +223,24 @@ def test_moe_routing_statistics_and_megatron_aux_losses():
     tel.remove()
 
 
+def test_aux_losses_keep_their_precision_after_a_long_run():
+    """megatron-core never clears its aux-loss tracker in our training: after many steps its fp32 sums
+    are large, and an increment taken as a difference of them would lose most of its digits."""
+    model = tiny_gpt(num_experts=4, moe_z_loss_coeff=0.001)
+    clear_aux_losses_tracker()
+    tel = DepthTelemetry([model], telemetry_config())
+    batches = token_batches(2, 1)
+    first = telemetry_step(model, tel, batches)  # no optimizer step: the next step sees the same losses
+    for entry in get_moe_layer_wise_logging_tracker().values():
+        entry["values"] += 1e5  # what a long run accumulates
+    second = telemetry_step(model, tel, batches)
+    aux = [k for k in first if k.startswith(("moe/load_balancing_loss/", "moe/z_loss/"))]
+    assert len(aux) == 2 * len(layers(model))
+    for key in aux:
+        assert second[key] == pytest.approx(first[key], rel=1e-6), key
+    tel.remove()
+
+
 @pytest.mark.parametrize("zero_in", ["our config", "megatron config"])
 def test_z_loss_coefficient_zero_is_off_and_every_metric_stays_finite(zero_in):
     """--moe-z-loss-coeff 0: megatron given a coefficient of 0 still tracks z_loss / 0 = NaN. Our
