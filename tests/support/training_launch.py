@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -68,12 +67,6 @@ SCHEDULE = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def command(tmp: Path, name: str, args: list[str], nproc: int = 1) -> list[str]:
     """The fresh-interpreter command line of train(): ``python -m``, or torchrun for nproc > 1."""
     cmd = [sys.executable]
@@ -84,7 +77,7 @@ def command(tmp: Path, name: str, args: list[str], nproc: int = 1) -> list[str]:
             "--nproc-per-node",
             str(nproc),
             "--master-port",
-            str(_free_port()),
+            str(warm_launch.free_port()),
         ]
     return [*cmd, "-m", "megatron_cod.training", *_tool_args(tmp, name, args)]
 

@@ -85,7 +85,8 @@ def _run_module(module: str, args: list[str], env: dict[str, str], cwd: str, out
         atexit._run_exitfuncs()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a rendezvous or a server)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -133,7 +134,7 @@ def run(
     Several ranks: exit status 0 when every rank exits 0, else 1, their outputs in rank order."""
     ctx = context()
     base_env = {**os.environ, **SERVER_ENV, **(env or {})}
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="warm-") as logs:
         outputs = [(f"{logs}/{rank}.out", f"{logs}/{rank}.err") for rank in range(nproc)]
         processes = []
