@@ -16,7 +16,7 @@ global batch lossless enough; the buffer is a few KB.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -163,53 +163,66 @@ class PendingSums:
         self._counts = {}
 
 
-class TokenTerms:
-    """Per-token reductions from the layer and branch hooks, turned into their per-token terms and
-    summed over tokens for many hooks at once.
+# per-token terms from stacked per-token values and the hidden (or expert) width
+Terms = Callable[[torch.Tensor, int], torch.Tensor]
 
-    A hook's own passes over the activations are a few reductions; the per-token terms built from
-    them (variance, ratios, cosine) are a dozen small ops on token-sized vectors, whose fixed cost
-    per op is most of a hook's time. Held here, they run once per ``flush_every`` hooks (about one
-    micro-batch) on the stacked vectors instead. What is held is bounded: token vectors of at most
-    ``flush_every`` hooks.
+
+class TokenTerms:
+    """Per-token values from the hooks (reductions of the activations, router logits and routing
+    maps), turned into per-token terms and summed over tokens for many hooks at once.
+
+    In a hook every torch op costs its dispatch, which is most of a hook's time when the tensors are
+    token-sized; held here, the terms (variance, ratios, cosine, entropy, tokens per expert) are a
+    few ops per ``flush_every`` hooks (about one micro-batch) on the stacked values instead, and the
+    hooks keep only the passes over activations that cannot wait. What is held is bounded: at most
+    ``flush_every`` hooks' values and ``max_bytes``, never activations.
     """
 
-    def __init__(self, pending: PendingSums, flush_every: int) -> None:
+    def __init__(self, pending: PendingSums, flush_every: int, max_bytes: int = 64 * 2**20) -> None:
         self._pending = pending
         self._flush_every = max(1, flush_every)
-        self._groups: dict[tuple[Callable[[torch.Tensor, int], torch.Tensor], int, int], _Held] = {}
+        self._max_bytes = max_bytes
+        self._groups: dict[tuple[Terms, int, tuple[int, ...]], _Held] = {}
         self._held = 0
+        self._bytes = 0
 
     def add(
         self,
-        terms: Callable[[torch.Tensor, int], torch.Tensor],
+        terms: Terms,
         d: int,
-        reductions: torch.Tensor,
+        parts: Sequence[torch.Tensor],
         positions: list[int],
     ) -> None:
-        """reductions ``[k, tokens]`` whose ``terms(stacked [n, k, tokens], d)`` are ``[n, len(positions),
-        tokens]``; their sums over tokens go to ``positions``."""
-        held = self._groups.setdefault((terms, d, reductions.shape[-1]), _Held([], []))
-        held.reductions.append(reductions)
+        """k same-shaped ``parts``, whose values flattened and stacked as ``[n, k, m]`` for n hooks give
+        ``terms(stacked, d)`` of ``[n, len(positions), tokens]``; their sums over tokens go to
+        ``positions``. The parts are stacked at the flush, not here: one op less per hook."""
+        key = (terms, d, (len(parts), *parts[0].shape))
+        held = self._groups.get(key)
+        if held is None:
+            held = self._groups[key] = _Held([], [])
+        held.parts.extend(parts)
         held.positions.extend(positions)
         self._held += 1
-        if self._held >= self._flush_every:
+        self._bytes += len(parts) * parts[0].numel() * parts[0].element_size()
+        if self._held >= self._flush_every or self._bytes >= self._max_bytes:
             self.flush()
 
     def flush(self) -> None:
-        for (terms, d, _), held in self._groups.items():
-            values = terms(torch.stack(held.reductions), d).sum(dim=-1, dtype=torch.float64)
+        for (terms, d, (k, *_)), held in self._groups.items():
+            stacked = torch.stack(held.parts).view(len(held.parts) // k, k, -1)
+            values = terms(stacked, d).sum(dim=-1, dtype=torch.float64)
             self._pending.add(held.positions, values.flatten())
         self.clear()
 
     def clear(self) -> None:
         self._groups = {}
         self._held = 0
+        self._bytes = 0
 
 
 @dataclass
 class _Held:
-    reductions: list[torch.Tensor]
+    parts: list[torch.Tensor]
     positions: list[int]
 
 

@@ -10,9 +10,10 @@ Hook points in a megatron-core TransformerLayer (0.16: ``_forward_attention`` / 
 - ``decoder.final_layernorm``: the last layer's residual after the final norm, reported apart as
   ``var_final_norm`` next to the raw ``var`` of the last layer;
 - the MoE router: ``gating`` is wrapped to see the logits (full-softmax entropy) and the forward
-  output ``(probs, routing_map)`` gives tokens per expert; aux and z losses are the increments
-  megatron's own per-layer tracker (``moe_utils.save_to_aux_losses_tracker``) receives during the
-  router call, so their definition, and when megatron computes them, stay megatron's;
+  output ``(probs, routing_map)`` gives tokens per expert; aux and z losses are what megatron's own
+  per-layer tracker (``moe_utils.save_to_aux_losses_tracker``) sums over the collection step
+  (``begin_step`` starts it at zero, ``end_step`` reads it), so their definition, and when megatron
+  computes them, stay megatron's; the router hook counts the calls megatron tracks;
 - ``self_attention.core_attention`` pre-hook, on attention steps only: q ``[sq, b, np, hn]`` and
   k ``[sk, b, ng, hn]`` of the first micro-batch on data-parallel rank 0 (the global batch's first
   micro-batch, whatever the parallel layout); the sample is its sequence 0, the last
@@ -38,7 +39,7 @@ during collection steps.
 
 Activation recompute re-runs layer forwards inside the backward pass; hooks that fire while the
 autograd engine is executing a node are that re-run and are ignored (the first, no-grad forward
-was already counted). The aux/z-loss increments are taken whenever megatron tracks them, which is
+was already counted). The aux/z-loss calls are counted whenever megatron tracks them, which is
 exactly once per micro-batch (megatron skips them in the no-grad first pass).
 
 Norms: ``attn_norm`` / ``mlp_norm`` are the mean over tokens of the per-token L2 norm of the
@@ -56,7 +57,10 @@ from typing import Any
 import torch
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
-from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
+from megatron.core.transformer.moe.moe_utils import (
+    clear_aux_losses_tracker,
+    get_moe_layer_wise_logging_tracker,
+)
 from megatron.core.utils import get_attr_wrapped_model
 
 from megatron_cod.telemetry import metrics as M
@@ -80,10 +84,11 @@ from megatron_cod.telemetry.accumulator import (
 )
 from megatron_cod.telemetry.params import (
     WEIGHT_FAMILIES,
-    LayerParam,
+    GradRange,
     ParallelRanks,
-    distributed_optimizer_grad_slices,
+    ddp_grad_ranges,
     layer_params,
+    merged_grad_views,
 )
 from megatron_cod.telemetry.report import format_values
 
@@ -151,8 +156,10 @@ class DepthTelemetry:
     Call order per iteration, on every rank: ``begin_step`` before the forward/backward,
     ``after_backward`` once gradients are final (after megatron's finalize_model_grads, i.e. after
     the forward-backward function returned) and before ``optimizer.step()``, ``end_step`` after the
-    step. ``end_step`` returns the same dict on every rank. Aux/z losses are per-call increments
-    of megatron's tracker, so megatron's own ``track_moe_metrics`` may clear it at any time.
+    step. ``end_step`` returns the same dict on every rank. Aux/z losses are read from megatron's
+    aux-loss tracker, which ``begin_step`` zeroes on collection steps: nothing may clear it between
+    ``begin_step`` and ``end_step``, and code that reads it itself (Megatron-LM's
+    ``track_moe_metrics``) sees at most one collection step's sums.
 
     cfg needs: enabled, interval, attention_interval, weight_interval (0 turns a family off),
     weight_eps, attention_topk, attention_max_tokens.
@@ -187,8 +194,6 @@ class DepthTelemetry:
         self._build_weight_plan()
 
         self._pending = PendingSums()
-        # about one micro-batch of layer and branch hooks per batch of per-token terms
-        self._token_terms = TokenTerms(self._pending, flush_every=3 * len(self._layers))
         self._armed: set[str] = set()
         self._norms_taken = False
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -197,10 +202,18 @@ class DepthTelemetry:
         # the last layer output seen and its per-token norm (the next layer's input norm)
         self._last_output: tuple[torch.Tensor | None, torch.Tensor | None] = _NO_OUTPUT
         self._logits: dict[torch.nn.Module, torch.Tensor] = {}
-        self._aux_before: dict[torch.nn.Module, list[tuple[int, str, torch.Tensor | None]]] = {}
+        # per router: (aux-loss column, count weight) of each loss megatron computes for it
+        self._aux_on: dict[torch.nn.Module, list[tuple[int, float]]] = {}
         self._sampled: set[torch.nn.Module] = set()
         self._layer_set = set(self._layers)
         self._plan_hooks()
+        # one micro-batch of layer, branch and router hooks per batch of per-token terms
+        adds = sum(
+            1
+            for module, kind, _ in self._activation_plan
+            if kind == "post" and module not in self._final_norms
+        )
+        self._token_terms = TokenTerms(self._pending, flush_every=adds)
 
     # --- training-loop API -------------------------------------------------------------------
 
@@ -222,9 +235,8 @@ class DepthTelemetry:
             self._pending.clear()
             self._token_terms.clear()
             if ACTIVATIONS in self._armed and self._router_plan:
-                # megatron-core adds every router call's aux losses to its fp32 tracker and never
-                # clears it (Megatron-LM's training loop does, each step); grown over a long run, the
-                # per-call increments taken as differences of it would lose their precision
+                # the step's aux losses are the tracker's sums at end_step; megatron-core never
+                # clears it (Megatron-LM's training loop does, after logging it)
                 clear_aux_losses_tracker()
             self._attach()
 
@@ -249,6 +261,8 @@ class DepthTelemetry:
             return {}
         with _plain_torch():
             self._token_terms.flush()
+            if ACTIVATIONS in armed:
+                self._add_aux_losses()
             self._pending.flush_into(self._buf)
             if WEIGHTS in armed:
                 self._collect_weights()
@@ -271,8 +285,10 @@ class DepthTelemetry:
     def _plan_hooks(self) -> None:
         """Build every hook once; each collection step only registers and removes them."""
         pre, post = "pre", "post"
+        self._aux_weights: dict[torch.nn.Module, dict[str, float]] = {}
         self._activation_plan: list[tuple[torch.nn.Module, str, Callable]] = []
         self._router_plan: list[tuple[Any, Callable]] = []  # Any: gating is replaced on the instance
+        self._router_rows: list[int] = []
         for layer in self._layers:
             row = layer.layer_number - 1
             self._activation_plan += [
@@ -288,12 +304,12 @@ class DepthTelemetry:
                     name: 1.0 if group is None or getattr(router, group).rank() == 0 else 0.0
                     for name, group in _AUX_SUM_GROUP.items()
                 }
-                self._activation_plan += [
-                    (router, pre, self._router_pre_hook(row)),
-                    (router, post, self._router_hook(row, counted)),
-                ]
+                self._activation_plan.append((router, post, self._router_hook(row)))
                 self._router_plan.append((router, self._logit_capture(router)))
+                self._router_rows.append(row)
+                self._aux_weights[router] = counted
         self._activation_plan += [(norm, post, self._final_norm_hook()) for norm in self._final_norms]
+        self._router_index = self._index(self._router_rows)
         self._attention_plan = [
             (layer.self_attention.core_attention, self._attention_hook(layer.layer_number - 1))
             for layer in self._layers
@@ -310,6 +326,8 @@ class DepthTelemetry:
             for router, capture in self._router_plan:
                 router.gating = capture
                 self._wrapped_routers.append(router)
+                weights = self._aux_weights[router]
+                self._aux_on[router] = [(i, weights[name]) for i, name in self._aux_losses_on(router)]
         if ATTENTION in self._armed and self._ranks.dp_cp == 0:
             for core, hook in self._attention_plan:
                 register(core.register_forward_pre_hook(hook, with_kwargs=True))
@@ -324,7 +342,7 @@ class DepthTelemetry:
         self._inputs.clear()
         self._last_output = _NO_OUTPUT
         self._logits.clear()
-        self._aux_before.clear()
+        self._aux_on.clear()
         self._sampled.clear()
 
     def _layer_input_hook(self, layer: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -346,9 +364,8 @@ class DepthTelemetry:
                 in_norm = last_norm if h_in is last_out else None
                 reductions = M.layer_output_reductions(h_in, h_out, in_norm)
                 self._last_output = (h_out, reductions[1])
-                reductions = reductions.flatten(1)
                 self._token_terms.add(M.layer_terms_from_reductions, h_out.shape[-1], reductions, sums)
-            self._pending.count(counts, reductions.shape[1])
+            self._pending.count(counts, reductions[1].numel())
 
         return hook
 
@@ -360,9 +377,9 @@ class DepthTelemetry:
                 return
             branch = _branch_output(output)
             with _plain_torch():
-                reductions = M.branch_output_reductions(branch).flatten(1)
+                reductions = M.branch_output_reductions(branch)
                 self._token_terms.add(M.branch_terms_from_reductions, branch.shape[-1], reductions, sums)
-            self._pending.count(counts, reductions.shape[1])
+            self._pending.count(counts, reductions[0].numel())
 
         return hook
 
@@ -403,38 +420,23 @@ class DepthTelemetry:
         return capture_logits
 
     @staticmethod
-    def _tracked_aux_losses(router: Any) -> list[tuple[int, str]]:
-        """The tracker names megatron will add to during this router call (see router.py)."""
-        if not (router.training and torch.is_grad_enabled()):
-            return []
-        tracked = []
+    def _aux_losses_on(router: Any) -> list[tuple[int, str]]:
+        """The tracker names megatron adds to when this router runs in training (see router.py)."""
+        on = []
         for i, name in enumerate(AUX_LOSSES):
             if name == "z_loss":
                 # 0 is off as in our config (translated to None); a megatron config given 0 directly
                 # still tracks z_loss / 0 = NaN, which must not reach the telemetry.
-                on = bool(router.config.moe_z_loss_coeff)
+                tracked = bool(router.config.moe_z_loss_coeff)
             else:
-                on = hasattr(router, "get_aux_loss_coeff") and router.get_aux_loss_coeff(_AUX_TYPE[name]) > 0
-            if on:
-                tracked.append((i, name))
-        return tracked
+                tracked = (
+                    hasattr(router, "get_aux_loss_coeff") and router.get_aux_loss_coeff(_AUX_TYPE[name]) > 0
+                )
+            if tracked:
+                on.append((i, name))
+        return on
 
-    def _router_pre_hook(self, row: int) -> Callable:
-        def hook(router: torch.nn.Module, args: tuple) -> None:
-            from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
-
-            tracker = get_moe_layer_wise_logging_tracker()
-            tracked = self._tracked_aux_losses(router)  # reads the grad mode: outside _plain_torch
-            with _plain_torch():
-                self._aux_before[router] = [
-                    (i, name, tracker[name]["values"][row : row + 1].clone() if name in tracker else None)
-                    for i, name in tracked
-                ]
-
-        return hook
-
-    def _router_hook(self, row: int, count_weights: dict[str, float]) -> Callable:
-        aux_sums = self._buf.positions("aux_sum")[row].tolist()
+    def _router_hook(self, row: int) -> Callable:
         aux_counts = self._buf.positions("aux_count")[row].tolist()
         tokens = self._buf.positions("expert_tokens")[row].tolist()
         entropy_sum, entropy_count = self._activation_positions(
@@ -442,25 +444,33 @@ class DepthTelemetry:
         )
 
         def hook(router: torch.nn.Module, args: tuple, output: Any) -> None:
-            from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
-
-            tracker = get_moe_layer_wise_logging_tracker()
+            if router.training and torch.is_grad_enabled():  # megatron tracked this call's aux losses
+                for i, weight in self._aux_on[router]:
+                    self._pending.count([aux_counts[i]], weight)
+            if _in_backward():
+                return
+            _, routing_map = output
+            logits = self._logits.pop(router, None)
             with _plain_torch():
-                for i, name, before in self._aux_before.pop(router, []):
-                    now = tracker[name]["values"][row : row + 1]
-                    self._pending.add([aux_sums[i]], now.clone() if before is None else now - before)
-                    self._pending.count([aux_counts[i]], count_weights[name])
-                if _in_backward():
-                    return
-                _, routing_map = output
+                # summed now: megatron may pad the map in place later (quantization padding)
                 self._pending.add(tokens, routing_map.sum(dim=0, dtype=torch.float64))
-                logits = self._logits.pop(router, None)
                 if logits is not None:
-                    entropy = M.per_token_router_entropy(logits.reshape(-1, logits.shape[-1]))
-                    self._pending.add(entropy_sum, entropy.sum(dtype=torch.float64).reshape(1))
-                    self._pending.count(entropy_count, entropy.numel())
+                    experts = logits.shape[-1]
+                    self._token_terms.add(M.router_entropy_terms, experts, (logits,), entropy_sum)
+                    self._pending.count(entropy_count, logits.numel() // experts)
 
         return hook
+
+    def _add_aux_losses(self) -> None:
+        """The step's aux/z-loss sums per MoE layer from megatron's tracker (zeroed by begin_step)."""
+        if not self._router_plan:
+            return
+        tracker = get_moe_layer_wise_logging_tracker()
+        positions = self._buf.positions("aux_sum")[self._router_rows]
+        for i, name in enumerate(AUX_LOSSES):
+            if name in tracker:
+                values = tracker[name]["values"].index_select(0, self._router_index)
+                self._pending.add(positions[:, i].tolist(), values)
 
     # --- attention sample ----------------------------------------------------------------------
 
@@ -516,29 +526,21 @@ class DepthTelemetry:
 
     def _build_norm_plan(self) -> None:
         by_param = {lp.param: lp for lp in self._params}
-        self._static_grads: list[tuple[LayerParam, torch.Tensor]] = []
-        self._dynamic_grads: list[LayerParam] = []
+        ranges: list[GradRange] = []
         covered: set[torch.nn.Parameter] = set()
         for chunk in self._chunks:
-            ddp = getattr(chunk, "ddp_config", None)
-            if ddp is None:
+            if getattr(chunk, "ddp_config", None) is None:
                 continue
             chunk_params = {p for p in chunk.parameters()}
             wanted = {p: lp for p, lp in by_param.items() if p in chunk_params}
             covered.update(wanted)
-            if ddp.use_distributed_optimizer:
-                self._static_grads += distributed_optimizer_grad_slices(chunk, wanted, self._ranks)
-            else:
-                self._static_grads += [
-                    (lp, lp.param.main_grad)  # type: ignore[attr-defined]  # megatron DDP's attribute
-                    for lp in wanted.values()
-                    if lp.counted
-                ]
+            ranges += ddp_grad_ranges(chunk, wanted, self._ranks)
+        self._static_grads = merged_grad_views(ranges)
         self._dynamic_grads = [
             lp for lp in self._params if lp.param not in covered and lp.counted and lp.param.requires_grad
         ]
         self._counted = [lp for lp in self._params if lp.counted]
-        grad_rows = [lp.row for lp, _ in self._static_grads] + [lp.row for lp in self._dynamic_grads]
+        grad_rows = [row for row, _ in self._static_grads] + [lp.row for lp in self._dynamic_grads]
         # norm_sq is [L, 2] (grad, param): grads first, then parameters, as after_backward lists them
         self._norm_index = self._index([2 * r for r in grad_rows] + [2 * lp.row + 1 for lp in self._counted])
         self._zero = torch.zeros(1, device=self._device)

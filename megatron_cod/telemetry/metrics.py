@@ -94,18 +94,16 @@ def residual_variance(h: torch.Tensor) -> torch.Tensor:
 
 def layer_output_reductions(
     h_in: torch.Tensor, h_out: torch.Tensor, in_norm: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Per token, stacked on a new first dim: ||h_in||, ||h_out||, sum(h_out), ||h_out - h_in||: the
-    only passes over the activations that layer_output_terms needs. ``in_norm``: ||h_in|| when
-    already known (the previous layer's ||h_out||: telemetry passes it on)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per token: ||h_in||, ||h_out||, sum(h_out), ||h_out - h_in||: the only passes over the
+    activations that layer_output_terms needs (their stack is its reductions). ``in_norm``: ||h_in||
+    when already known (the previous layer's ||h_out||: telemetry passes it on)."""
     x, y = as_fp32(h_in), as_fp32(h_out)
-    return torch.stack(
-        [
-            torch.linalg.vector_norm(x, dim=-1) if in_norm is None else in_norm,
-            torch.linalg.vector_norm(y, dim=-1),
-            y.sum(dim=-1),
-            torch.linalg.vector_norm(y - x, dim=-1),
-        ]
+    return (
+        torch.linalg.vector_norm(x, dim=-1) if in_norm is None else in_norm,
+        torch.linalg.vector_norm(y, dim=-1),
+        y.sum(dim=-1),
+        torch.linalg.vector_norm(y - x, dim=-1),
     )
 
 
@@ -139,14 +137,15 @@ def layer_output_terms(h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
     is that of a direct fp32 dot product; the update itself is taken from y - x, never from the
     identity, so small updates keep their relative precision.
     """
-    reductions = layer_output_reductions(h_in, h_out).flatten(1)
+    reductions = torch.stack(layer_output_reductions(h_in, h_out)).flatten(1)
     return layer_terms_from_reductions(reductions, h_out.shape[-1]).reshape(5, *h_out.shape[:-1])
 
 
-def branch_output_reductions(a: torch.Tensor) -> torch.Tensor:
-    """Per token, stacked: ||a|| and sum(a) of a sub-layer branch output (one pass for each)."""
+def branch_output_reductions(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token: ||a|| and sum(a) of a sub-layer branch output (one pass for each; their stack is
+    the reductions of branch_terms_from_reductions)."""
     a = as_fp32(a)
-    return torch.stack([torch.linalg.vector_norm(a, dim=-1), a.sum(dim=-1)])
+    return torch.linalg.vector_norm(a, dim=-1), a.sum(dim=-1)
 
 
 def branch_terms_from_reductions(reductions: torch.Tensor, d: int) -> torch.Tensor:
@@ -157,7 +156,7 @@ def branch_terms_from_reductions(reductions: torch.Tensor, d: int) -> torch.Tens
 
 def branch_output_terms(a: torch.Tensor) -> torch.Tensor:
     """Per token, stacked: variance and L2 norm of a sub-layer branch output (one pass for each)."""
-    reductions = branch_output_reductions(a).flatten(1)
+    reductions = torch.stack(branch_output_reductions(a)).flatten(1)
     return branch_terms_from_reductions(reductions, a.shape[-1]).reshape(2, *a.shape[:-1])
 
 
@@ -306,21 +305,35 @@ def tokens_per_expert(routing_map: torch.Tensor) -> torch.Tensor:
 
 
 def load_imbalance(tokens: torch.Tensor) -> torch.Tensor:
-    """max / mean of tokens per expert (1 = perfectly balanced, num_experts = all on one)."""
+    """max / mean of tokens per expert (1 = perfectly balanced, num_experts = all on one), over the
+    last dim: ``[..., experts]`` in, ``[...]`` out."""
     t = tokens.double()
-    return t.max() / t.mean().clamp_min(_EPS)
+    return t.amax(dim=-1) / t.mean(dim=-1).clamp_min(_EPS)
 
 
 def dead_experts(tokens: torch.Tensor) -> torch.Tensor:
-    """Number of experts that received no token."""
-    return (tokens == 0).sum()
+    """Number of experts that received no token, over the last dim: ``[..., experts]`` in, ``[...]`` out."""
+    return (tokens == 0).sum(dim=-1)
 
 
 def per_token_router_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of the full softmax over experts for each token; at most log(num_experts)."""
-    # entr(p) = -p log p (0 at p = 0): three ops where log_softmax, exp, product, sum and negation
-    # take five; telemetry runs it on every MoE layer of every micro-batch.
-    return torch.special.entr(torch.softmax(as_fp32(logits), dim=-1)).sum(dim=-1)
+    """Entropy (nats) of the full softmax over experts for each token; at most log(num_experts).
+
+    As log s - t / s with y = z - max(z), e = exp(y), s = sum e, t = sum e y: two positive terms
+    (t <= 0), so nothing cancels, and no overflow whatever the logits. On the CPU this takes half
+    the time of entr(softmax(z)): torch's softmax over a last dim of a few experts is slow.
+    """
+    y = as_fp32(logits)
+    y = y - y.amax(dim=-1, keepdim=True)
+    e = y.exp()
+    s, t = torch.stack([e, e * y]).sum(dim=-1).unbind()
+    return s.log() - t / s
+
+
+def router_entropy_terms(logits: torch.Tensor, experts: int) -> torch.Tensor:
+    """per_token_router_entropy of logits stacked as per-token terms are (many routers' flattened
+    logits at once): ``[..., 1, tokens * experts]`` in, ``[..., 1, tokens]`` out."""
+    return per_token_router_entropy(logits.unflatten(-1, (-1, experts)))
 
 
 def router_entropy(logits: torch.Tensor) -> torch.Tensor:

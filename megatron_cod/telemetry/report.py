@@ -52,6 +52,9 @@ def _activations(host: TelemetryBuffers, L: int, out: dict[str, float]) -> None:
     E = host.shape.num_experts
     act_sum, act_count = host.act_sum.tolist(), host.act_count.tolist()
     aux_sum, aux_count = host.aux_sum.tolist(), host.aux_count.tolist()
+    tokens = host.expert_tokens.tolist()
+    imbalance = M.load_imbalance(host.expert_tokens).tolist() if E else []
+    dead = M.dead_experts(host.expert_tokens).tolist() if E else []
     for row in range(L):
         n = row + 1
         for i, stat in enumerate(ACTIVATION_STATS):
@@ -68,11 +71,10 @@ def _activations(host: TelemetryBuffers, L: int, out: dict[str, float]) -> None:
             if aux_count[row][i] > 0:
                 out[naming.moe_key(name, n, L)] = aux_sum[row][i] / aux_count[row][i]
         if E and act_count[row][ROUTER_ENTROPY_STAT] > 0:
-            tokens = host.expert_tokens[row]
-            for e, t in enumerate(tokens.tolist()):
+            for e, t in enumerate(tokens[row]):
                 out[naming.expert_key("tokens", n, L, e, E)] = t
-            out[naming.moe_key("imbalance", n, L)] = M.load_imbalance(tokens).item()
-            out[naming.moe_key("dead_experts", n, L)] = float(M.dead_experts(tokens).item())
+            out[naming.moe_key("imbalance", n, L)] = imbalance[row]
+            out[naming.moe_key("dead_experts", n, L)] = float(dead[row])
 
 
 def _attention(host: TelemetryBuffers, L: int, out: dict[str, float]) -> None:

@@ -193,6 +193,9 @@ def test_moe_metrics_match_loops(dtype):
     assert M.load_imbalance(M.tokens_per_expert(routing)).item() == pytest.approx(
         max(counts) / (sum(counts) / experts))
     assert M.dead_experts(M.tokens_per_expert(routing)).item() == counts.count(0) == 1
+    rows = torch.tensor([counts, [3] * experts, [0] * (experts - 1) + [6]])  # one layer per row
+    assert M.load_imbalance(rows).tolist() == pytest.approx([max(counts) / (sum(counts) / experts), 1.0, experts])
+    assert M.dead_experts(rows).tolist() == [1, 0, experts - 1]
     ents = []
     for row in logits.double().tolist():
         m = max(row)
@@ -203,3 +206,18 @@ def test_moe_metrics_match_loops(dtype):
     assert M.router_entropy(logits).item() == pytest.approx(sum(ents) / tokens, rel=1e-5)
     uniform = torch.zeros(4, experts)
     assert M.router_entropy(uniform).item() == pytest.approx(math.log(experts))
+
+
+def test_router_entropy_is_stable_for_large_and_peaked_logits():
+    """Logits far beyond exp's fp32 range, and a router almost sure of one expert (entropy ~3e-20):
+    the reductions' form must neither overflow nor lose the small entropy to cancellation."""
+    logits = torch.tensor([[1000.0, 999.0, 990.0, -1000.0], [50.0, 0.0, 0.0, 0.0], [3.0, -2.0, 0.5, 0.5]])
+    want = []
+    for row in logits.double().tolist():
+        m = max(row)
+        z = math.fsum(math.exp(x - m) for x in row)
+        p = [math.exp(x - m) / z for x in row]
+        want.append(-math.fsum(q * math.log(q) for q in p if q > 0))
+    got = M.per_token_router_entropy(logits).tolist()
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-30)
+    assert got[1] > 0

@@ -7,9 +7,11 @@ import torch
 
 from megatron_cod.telemetry import naming
 from megatron_cod.telemetry.params import (
+    GradRange,
     ParallelRanks,
     counts_whole_tensor,
     is_routed_expert_param,
+    merged_grad_views,
     weight_family,
 )
 
@@ -67,3 +69,27 @@ def test_each_shard_is_counted_on_exactly_one_rank():
     # Experts not split by expert-TP (size 1): counted on expert-DP rank 0 of every TP rank,
     # because those ranks hold different experts under expert parallelism.
     assert [counts_whole_tensor(replicated, True, r) for r in grid] == [True, False, True, False]
+
+
+def test_grad_ranges_merge_into_one_view_per_contiguous_run_of_a_layer():
+    """Adjacent ranges of one layer in one buffer become one view; a gap, another buffer or another
+    layer starts a new one. The squared norms per layer are those of the ranges themselves."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(100, generator=g), torch.randn(50, generator=g)
+    ranges = [
+        GradRange(1, a, 40, 60),
+        GradRange(0, a, 0, 10),
+        GradRange(0, a, 10, 25),  # adjacent to the one before: merged
+        GradRange(0, a, 30, 40),  # gap at 25..30: new run
+        GradRange(1, a, 60, 100),  # adjacent: merged
+        GradRange(0, b, 0, 20),  # other buffer
+        GradRange(0, b, 20, 50),
+    ]
+    views = merged_grad_views(ranges)
+    in_b = b.untyped_storage().data_ptr()
+    spans = sorted((row, v.untyped_storage().data_ptr() == in_b, v.numel()) for row, v in views)
+    assert spans == [(0, False, 10), (0, False, 25), (0, True, 50), (1, False, 60)]
+    for row in (0, 1):
+        want = sum(r.buffer[r.lo : r.hi].double().square().sum().item() for r in ranges if r.row == row)
+        got = sum(v.double().square().sum().item() for r, v in views if r == row)
+        assert got == pytest.approx(want, rel=1e-12)
