@@ -249,7 +249,13 @@ class DepthTelemetry:
             grads += [
                 lp.param.grad if lp.param.grad is not None else self._zero for lp in self._dynamic_grads
             ]
-            self._add_squared_norms(grads + [lp.param.detach() for lp in self._counted], self._norm_index)
+            norms = list(torch._foreach_norm(grads, 2, dtype=torch.float32)) if grads else []
+            for row, params in self._row_params.items():
+                taken = self._param_norms.get(row)
+                norms += taken if taken is not None else torch._foreach_norm(params, 2, dtype=torch.float32)
+            if norms:
+                squares = torch.stack(norms).double().square()
+                self._buf.norm_sq.view(-1).index_add_(0, self._norm_index, squares)
         self._norms_taken = True
 
     def end_step(self, iteration: int) -> dict[str, float]:
@@ -344,11 +350,19 @@ class DepthTelemetry:
         self._logits.clear()
         self._aux_on.clear()
         self._sampled.clear()
+        self._param_norms.clear()
 
-    def _layer_input_hook(self, layer: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def _layer_input_hook(self, layer: Any, args: tuple, kwargs: dict) -> None:  # a TransformerLayer
         if _in_backward():
             return
         self._inputs[layer] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        row = layer.layer_number - 1
+        if self._params_in_forward and row not in self._param_norms and row in self._row_params:
+            # the layer's forward reads these weights next: read now, they reach its matmuls from
+            # cache, where a pass after the backward reads them from memory a second time (it cost
+            # 1-2% of the step in the telemetry benchmark, this costs about nothing)
+            with _plain_torch():
+                self._param_norms[row] = torch._foreach_norm(self._row_params[row], 2, dtype=torch.float32)
 
     def _layer_output_hook(self, row: int) -> Callable:
         sums, counts = self._activation_positions(row, LAYER_STATS)
@@ -539,10 +553,22 @@ class DepthTelemetry:
         self._dynamic_grads = [
             lp for lp in self._params if lp.param not in covered and lp.counted and lp.param.requires_grad
         ]
-        self._counted = [lp for lp in self._params if lp.counted]
+        # counted parameters per layer row, in layer order
+        self._row_params: dict[int, list[torch.Tensor]] = {}
+        for lp in self._params:
+            if lp.counted:
+                self._row_params.setdefault(lp.row, []).append(lp.param)
+        # Parameter norms are taken in each layer's first forward of a collection step (the values
+        # after_backward would see: no optimizer step lies between), unless megatron gathers the
+        # parameters during the forward (distributed optimizer with overlapped parameter gather).
+        self._params_in_forward = not any(
+            getattr(getattr(c, "ddp_config", None), "overlap_param_gather", False) for c in self._chunks
+        )
+        self._param_norms: dict[int, tuple[torch.Tensor, ...]] = {}
         grad_rows = [row for row, _ in self._static_grads] + [lp.row for lp in self._dynamic_grads]
+        param_rows = [row for row, params in self._row_params.items() for _ in params]
         # norm_sq is [L, 2] (grad, param): grads first, then parameters, as after_backward lists them
-        self._norm_index = self._index([2 * r for r in grad_rows] + [2 * lp.row + 1 for lp in self._counted])
+        self._norm_index = self._index([2 * r for r in grad_rows] + [2 * r + 1 for r in param_rows])
         self._zero = torch.zeros(1, device=self._device)
 
     def _build_weight_plan(self) -> None:
@@ -556,12 +582,6 @@ class DepthTelemetry:
 
     def _index(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self._device)
-
-    def _add_squared_norms(self, tensors: list[torch.Tensor], index: torch.Tensor) -> None:
-        if not tensors:
-            return
-        norms = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).double()
-        self._buf.norm_sq.view(-1).index_add_(0, index, norms.square())
 
     def _collect_weights(self) -> None:
         """Element counts and squared sums, one all-reduce so RMS(W) is global, then one more pass

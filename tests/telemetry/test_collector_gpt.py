@@ -188,6 +188,30 @@ def test_token_weighted_over_unequal_micro_batches_and_layer_norms():
     tel.remove()
 
 
+@pytest.mark.parametrize("params_in_forward", [True, False])
+def test_parameter_norms_follow_the_optimizer_step_by_step(params_in_forward):
+    """Parameter norms are taken in each layer's first forward (or after the backward when megatron
+    gathers parameters during the forward): either way, each step reports the weights it trained on,
+    after the previous step's update."""
+    model = tiny_gpt(num_experts=4)
+    tel = DepthTelemetry([model], telemetry_config())
+    tel._params_in_forward = params_in_forward  # the path chosen from the DDP config
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for step in range(3):
+        model.zero_grad()
+        want = {
+            layer.layer_number: math.sqrt(sum(p.detach().double().square().sum().item() for p in layer.parameters()))
+            for layer in layers(model)
+        }
+        out = telemetry_step(model, tel, token_batches(2, 1, seed=step), step)
+        optimizer.step()
+        for n, norm in want.items():
+            assert out[key("param_norm", n)] == pytest.approx(norm, rel=1e-5), (step, n)
+    assert want[1] != pytest.approx(math.sqrt(sum(p.detach().double().square().sum().item()
+                                                  for p in layers(model)[0].parameters())), rel=1e-6)
+    tel.remove()
+
+
 def test_moe_routing_statistics_and_megatron_aux_losses():
     model = tiny_gpt(num_experts=4)
     seen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
