@@ -168,12 +168,12 @@ Terms = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 class TokenTerms:
-    """Per-token values from the hooks (reductions of the activations, router logits and routing
-    maps), turned into per-token terms and summed over tokens for many hooks at once.
+    """Per-token values from the hooks (reductions of the activations, router logits), turned into
+    per-token terms and summed over tokens for many hooks at once.
 
     In a hook every torch op costs its dispatch, which is most of a hook's time when the tensors are
-    token-sized; held here, the terms (variance, ratios, cosine, entropy, tokens per expert) are a
-    few ops per ``flush_every`` hooks (about one micro-batch) on the stacked values instead, and the
+    token-sized; held here, the terms (variance, ratios, cosine, router entropy) are a few ops per
+    ``flush_every`` hooks (about one micro-batch) on the stacked values instead, and the
     hooks keep only the passes over activations that cannot wait. What is held is bounded: at most
     ``flush_every`` hooks' values and ``max_bytes``, never activations.
     """
