@@ -316,6 +316,8 @@ class DepthTelemetry:
                 self._aux_weights[router] = counted
         self._activation_plan += [(norm, post, self._final_norm_hook()) for norm in self._final_norms]
         self._router_index = self._index(self._router_rows)
+        # per aux-loss column, the flat positions of its sums for the MoE rows, as _router_index orders them
+        self._aux_positions = self._buf.positions("aux_sum")[self._router_rows].t().tolist()
         self._attention_plan = [
             (layer.self_attention.core_attention, self._attention_hook(layer.layer_number - 1))
             for layer in self._layers
@@ -480,11 +482,9 @@ class DepthTelemetry:
         if not self._router_plan:
             return
         tracker = get_moe_layer_wise_logging_tracker()
-        positions = self._buf.positions("aux_sum")[self._router_rows]
-        for i, name in enumerate(AUX_LOSSES):
+        for name, positions in zip(AUX_LOSSES, self._aux_positions):
             if name in tracker:
-                values = tracker[name]["values"].index_select(0, self._router_index)
-                self._pending.add(positions[:, i].tolist(), values)
+                self._pending.add(positions, tracker[name]["values"].index_select(0, self._router_index))
 
     # --- attention sample ----------------------------------------------------------------------
 
