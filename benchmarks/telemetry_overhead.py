@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{m:>9}: median step {med[m] * 1e3:8.1f} ms | paired ratio median {ratio[m]:.4f} "
             f"(spread {min(paired[m]):.4f}-{max(paired[m]):.4f}; repetitions {reps_text}) | "
             f"wall median {wall_med[m] * 1e3:8.1f} ms, ratio {wall_med[m] / wall_med['off']:.4f} | "
-            f"process CPU paired ratio {cpu_paired[m]:.4f}"
+            f"process CPU paired ratio over all rounds {cpu_paired[m]:.4f}"
         )
     intervals = example_intervals()
     amortised = 1 + sum((ratio[m] - 1) / n for m, n in intervals.items() if n > 0)
