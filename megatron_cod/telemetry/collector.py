@@ -202,7 +202,8 @@ class DepthTelemetry:
         # the last layer output seen and its per-token norm (the next layer's input norm)
         self._last_output: tuple[torch.Tensor | None, torch.Tensor | None] = _NO_OUTPUT
         self._logits: dict[torch.nn.Module, torch.Tensor] = {}
-        # per router: (aux-loss column, count weight) of each loss megatron computes for it
+        # per router: (aux-loss column, count weight) of each loss megatron computes for it (set by
+        # _plan_hooks: the coefficients are the model config's)
         self._aux_on: dict[torch.nn.Module, list[tuple[int, float]]] = {}
         self._sampled: set[torch.nn.Module] = set()
         self._layer_set = set(self._layers)
@@ -291,7 +292,6 @@ class DepthTelemetry:
     def _plan_hooks(self) -> None:
         """Build every hook once; each collection step only registers and removes them."""
         pre, post = "pre", "post"
-        self._aux_weights: dict[torch.nn.Module, dict[str, float]] = {}
         self._activation_plan: list[tuple[torch.nn.Module, str, Callable]] = []
         self._router_plan: list[tuple[Any, Callable]] = []  # Any: gating is replaced on the instance
         self._router_rows: list[int] = []
@@ -313,7 +313,7 @@ class DepthTelemetry:
                 self._activation_plan.append((router, post, self._router_hook(row)))
                 self._router_plan.append((router, self._logit_capture(router)))
                 self._router_rows.append(row)
-                self._aux_weights[router] = counted
+                self._aux_on[router] = [(i, counted[name]) for i, name in self._aux_losses_on(router)]
         self._activation_plan += [(norm, post, self._final_norm_hook()) for norm in self._final_norms]
         self._router_index = self._index(self._router_rows)
         # per aux-loss column, the flat positions of its sums for the MoE rows, as _router_index orders them
@@ -334,8 +334,6 @@ class DepthTelemetry:
             for router, capture in self._router_plan:
                 router.gating = capture
                 self._wrapped_routers.append(router)
-                weights = self._aux_weights[router]
-                self._aux_on[router] = [(i, weights[name]) for i, name in self._aux_losses_on(router)]
         if ATTENTION in self._armed and self._ranks.dp_cp == 0:
             for core, hook in self._attention_plan:
                 register(core.register_forward_pre_hook(hook, with_kwargs=True))
@@ -350,7 +348,6 @@ class DepthTelemetry:
         self._inputs.clear()
         self._last_output = _NO_OUTPUT
         self._logits.clear()
-        self._aux_on.clear()
         self._sampled.clear()
         self._param_norms.clear()
 
