@@ -97,16 +97,21 @@ class TelemetryBuffers:
         total = sum(_numel(s) for _, s in layout)
         self.shape = shape
         self.flat = torch.zeros(total, dtype=torch.float64, device=device) if flat is None else flat
+        # positions are built on first use: the per-step host copy (to_host) never needs them
+        self._spans: dict[str, tuple[int, tuple[int, ...]]] = {}
         self._positions: dict[str, torch.Tensor] = {}
         offset = 0
         for name, s in layout:
             setattr(self, name, self.flat[offset : offset + _numel(s)].view(s))
-            self._positions[name] = torch.arange(offset, offset + _numel(s)).view(s)
+            self._spans[name] = (offset, s)
             offset += _numel(s)
         self._weight_end = _numel(layout[0][1])
 
     def positions(self, name: str) -> torch.Tensor:
         """Host tensor shaped like view ``name`` holding each element's index in ``flat``."""
+        if name not in self._positions:
+            offset, shape = self._spans[name]
+            self._positions[name] = torch.arange(offset, offset + _numel(shape)).view(shape)
         return self._positions[name]
 
     def zero_(self) -> None:

@@ -122,20 +122,22 @@ class _plain_torch:
     """no_grad with torch-function handling off. The CPU layer's CUDA-to-CPU mode
     (platform.cpu_compat) costs a Python call per op, and telemetry runs hundreds of small ops per
     collection step, none with a CUDA device argument to map; on a GPU host nothing changes.
-    Entered about 200 times per collection step, so it calls the C switches directly (a third of
-    the cost of ``torch.no_grad()`` in a generator context manager)."""
+    Entered about 150 times per collection step, so it calls the C switches directly (a third of
+    the cost of ``torch.no_grad()`` in a generator context manager). The mode also sees tensor
+    attribute reads (``shape``, ``numel()``) and the grad switch itself: torch-function handling goes
+    off first and comes back last, and hooks read their tensors only inside."""
 
     __slots__ = ("_grad", "_no_function")
 
     def __enter__(self) -> None:
-        self._grad = torch.is_grad_enabled()
-        torch._C._set_grad_enabled(False)
         self._no_function = torch._C.DisableTorchFunction()
         self._no_function.__enter__()
+        self._grad = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
 
     def __exit__(self, *exc: Any) -> None:
-        self._no_function.__exit__(*exc)
         torch._C._set_grad_enabled(self._grad)
+        self._no_function.__exit__(*exc)
 
 
 def _branch_output(output: Any) -> torch.Tensor:
@@ -232,13 +234,14 @@ class DepthTelemetry:
         if _every(self.cfg.weight_interval, iteration):
             self._armed.add(WEIGHTS)
         if self._armed:
-            self._buf.zero_()
             self._pending.clear()
             self._token_terms.clear()
-            if ACTIVATIONS in self._armed and self._router_plan:
-                # the step's aux losses are the tracker's sums at end_step; megatron-core never
-                # clears it (Megatron-LM's training loop does, after logging it)
-                clear_aux_losses_tracker()
+            with _plain_torch():
+                self._buf.zero_()
+                if ACTIVATIONS in self._armed and self._router_plan:
+                    # the step's aux losses are the tracker's sums at end_step; megatron-core never
+                    # clears it (Megatron-LM's training loop does, after logging it)
+                    clear_aux_losses_tracker()
             self._attach()
 
     def after_backward(self, iteration: int) -> None:
@@ -378,7 +381,7 @@ class DepthTelemetry:
                 reductions = M.layer_output_reductions(h_in, h_out, in_norm)
                 self._last_output = (h_out, reductions[1])
                 self._token_terms.add(M.layer_terms_from_reductions, h_out.shape[-1], reductions, sums)
-            self._pending.count(counts, reductions[1].numel())
+                self._pending.count(counts, reductions[1].numel())
 
         return hook
 
@@ -388,11 +391,11 @@ class DepthTelemetry:
         def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
             if _in_backward():
                 return
-            branch = _branch_output(output)
             with _plain_torch():
+                branch = _branch_output(output)
                 reductions = M.branch_output_reductions(branch)
                 self._token_terms.add(M.branch_terms_from_reductions, branch.shape[-1], reductions, sums)
-            self._pending.count(counts, reductions[0].numel())
+                self._pending.count(counts, reductions[0].numel())
 
         return hook
 
@@ -407,7 +410,7 @@ class DepthTelemetry:
             with _plain_torch():
                 var = M.per_token_variance(output)
                 self._pending.add(sums, var.sum(dtype=torch.float64).reshape(1))
-            self._pending.count(counts, var.numel())
+                self._pending.count(counts, var.numel())
 
         return hook
 
@@ -469,8 +472,10 @@ class DepthTelemetry:
                 self._pending.add(tokens, routing_map.sum(dim=0, dtype=torch.float64))
                 if logits is not None:
                     experts = logits.shape[-1]
-                    self._token_terms.add(M.router_entropy_terms, experts, (logits,), entropy_sum)
-                    self._pending.count(entropy_count, logits.numel() // experts)
+                    # experts-major: the terms reduce over experts on an outer dim (see the metric)
+                    by_expert = logits.reshape(-1, experts).t()
+                    self._token_terms.add(M.router_entropy_terms, experts, (by_expert,), entropy_sum)
+                    self._pending.count(entropy_count, by_expert.shape[1])
 
         return hook
 

@@ -221,3 +221,7 @@ def test_router_entropy_is_stable_for_large_and_peaked_logits():
     got = M.per_token_router_entropy(logits).tolist()
     assert got == pytest.approx(want, rel=1e-5, abs=1e-30)
     assert got[1] > 0
+    # experts on an outer dim (telemetry's layout): the same numbers
+    assert M.per_token_router_entropy(logits.t().contiguous(), dim=-2).tolist() == pytest.approx(
+        want, rel=1e-5, abs=1e-30
+    )

@@ -29,7 +29,7 @@ def _feed(terms: TokenTerms, expected: torch.Tensor) -> int:
         position += 8
         terms.add(M.layer_terms_from_reductions, d, M.layer_output_reductions(h_in, h_out), layer_pos)
         terms.add(M.branch_terms_from_reductions, d, M.branch_output_reductions(branch), branch_pos)
-        terms.add(M.router_entropy_terms, experts, (logits,), router_pos)
+        terms.add(M.router_entropy_terms, experts, (logits.t(),), router_pos)
         expected[layer_pos] += M.layer_output_terms(h_in, h_out).sum(dim=1, dtype=torch.float64)
         expected[branch_pos] += M.branch_output_terms(branch).sum(dim=1, dtype=torch.float64)
         expected[router_pos] += M.per_token_router_entropy(logits).sum(dtype=torch.float64)
